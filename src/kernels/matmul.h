@@ -1,0 +1,31 @@
+// y = x · Wᵀ for weights in any supported DType: the projection every layer
+// runs. Weight rows are contiguous along the input dimension, as in GGUF.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "base/thread_pool.h"
+#include "kernels/dtype.h"
+
+namespace strata {
+
+// A 2-D weight, ggml layout: ne0 = input features (contiguous), ne1 = output
+// features (rows). row_bytes == RowBytes(type, ne0).
+struct WeightView {
+  DType type = DType::kF32;
+  const void* data = nullptr;
+  int64_t ne0 = 0;
+  int64_t ne1 = 0;
+  size_t row_bytes = 0;
+};
+
+// x: [n_tokens, w.ne0] row-major floats. y: [n_tokens, w.ne1] with row stride ldy.
+// y[t, r] = sum_k W[r, k] * x[t, k]. Uses every thread of the pool.
+void Matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, int64_t ldy,
+            ThreadPool& pool);
+
+// Weight bytes one Matmul of this weight reads (for bandwidth accounting).
+inline size_t WeightBytes(const WeightView& w) { return w.row_bytes * static_cast<size_t>(w.ne1); }
+
+}  // namespace strata
