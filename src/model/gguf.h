@@ -9,9 +9,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -26,20 +28,35 @@ enum class GgufType : uint32_t {
   kBool = 7, kString = 8, kArray = 9, kUint64 = 10, kInt64 = 11, kFloat64 = 12,
 };
 
+// "u32", "string", "array", ...; "unknown" for ids outside the enum.
+std::string_view GgufTypeName(GgufType type);
+// Bytes of one element of a numeric/bool type; 0 for string, array, unknown.
+size_t GgufScalarSize(GgufType type);
+
 struct GgufArray;
 struct GgufValue {
   GgufType type = GgufType::kUint32;
-  // Scalars widen to these; strings are views into the mapping.
+  // Scalars widen to these: u8..u64 -> uint64_t, i8..i64 -> int64_t,
+  // f32/f64 -> double, bool -> bool; strings are views into the mapping.
   std::variant<uint64_t, int64_t, double, bool, std::string_view, std::shared_ptr<GgufArray>> v;
 };
 struct GgufArray {
   GgufType elem_type = GgufType::kUint32;
-  std::vector<GgufValue> items;  // not used for large numeric/string arrays, see below
-  // Arrays are kept lazily: the raw bytes in the mapping plus count; strings
-  // arrays are decoded into `strings` once (tokenizer vocabularies).
   uint64_t count = 0;
-  const uint8_t* raw = nullptr;  // numeric arrays: count * elem size bytes, little-endian
-  std::vector<std::string_view> strings;  // string arrays
+  // Exactly one representation is filled, chosen by elem_type:
+  //  - numeric/bool: `raw` points at count * GgufScalarSize(elem_type) bytes
+  //    in the mapping (little-endian, possibly unaligned: read with memcpy or
+  //    use NumberAt / GgufFile::GetFloatArray / GetIntArray);
+  //  - string: `strings` holds views into the mapping, decoded once at parse
+  //    time (tokenizer vocabularies of 150K entries);
+  //  - array (nested arrays, depth <= 4): `items` holds one kArray value each.
+  const uint8_t* raw = nullptr;
+  std::vector<std::string_view> strings;
+  std::vector<GgufValue> items;
+
+  // Element i of a numeric array widened to double (u64/i64 beyond 2^53 lose
+  // precision). REQUIRES: i < count and elem_type numeric or bool.
+  double NumberAt(uint64_t i) const;
 };
 
 struct GgufTensorInfo {
@@ -51,6 +68,8 @@ struct GgufTensorInfo {
   size_t nbytes = 0;
   int64_t n_elements() const;
 };
+
+class GgufCursor;  // gguf.cpp: bounds-checked reader over the mapping
 
 class GgufFile {
  public:
@@ -76,7 +95,10 @@ class GgufFile {
   Expected<uint64_t> GetUint(std::string_view key) const;   // any unsigned/signed>=0 integer type
   Expected<double> GetFloat(std::string_view key) const;    // float32/64 or integer
   Expected<bool> GetBool(std::string_view key) const;
+  Expected<int64_t> GetInt(std::string_view key) const;     // any integer type that fits int64
   const GgufArray* GetArray(std::string_view key) const;    // nullptr if absent or not an array
+  // String array views (into the mapping); fails if absent or not strings.
+  Expected<std::span<const std::string_view>> GetStringArray(std::string_view key) const;
   // Numeric array decoded to a vector (validates element type is numeric).
   Expected<std::vector<float>> GetFloatArray(std::string_view key) const;
   Expected<std::vector<int64_t>> GetIntArray(std::string_view key) const;
@@ -84,10 +106,16 @@ class GgufFile {
 
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* FindTensor(std::string_view name) const;
+  // File offset where the tensor data section starts (aligned).
+  size_t data_offset() const { return data_offset_; }
+  size_t file_size() const { return size_; }
 
  private:
   GgufFile() = default;
   Status Parse();
+  Status ParseValue(GgufCursor& cur, GgufType type, std::string_view key, int depth,
+                    GgufValue* out);
+  Status ParseTensorInfos(GgufCursor& cur, uint64_t n_tensors);
 
   std::string path_;
   const uint8_t* base_ = nullptr;
@@ -95,8 +123,13 @@ class GgufFile {
   bool owns_mapping_ = false;
   uint32_t version_ = 0;
   size_t alignment_ = 32;
+  size_t data_offset_ = 0;
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::vector<GgufTensorInfo> tensors_;
+  // Keys and tensor names are views into the mapping, so these indexes stay
+  // valid while kv_ / tensors_ grow.
+  std::unordered_map<std::string_view, size_t> kv_index_;
+  std::unordered_map<std::string_view, size_t> tensor_index_;
 };
 
 }  // namespace strata
