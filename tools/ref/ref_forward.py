@@ -126,7 +126,12 @@ def rms_norm(x, w, eps):
 
 
 def linear(x, m, name):
-    y = x @ m.w(name).T.astype(np.float64)
+    w = m.w(name)                                  # [n_out, n_in] float32
+    # upcast in row blocks so a 128k-vocab output matrix never exists in float64
+    rows = max(1, (1 << 22) // w.shape[1])
+    y = np.empty((x.shape[0], w.shape[0]), np.float64)
+    for r in range(0, w.shape[0], rows):
+        y[:, r:r + rows] = x @ w[r:r + rows].astype(np.float64).T
     bias = name.replace(".weight", ".bias")
     if m.has(bias):
         y = y + m.w(bias)
