@@ -15,4 +15,8 @@ void DequantizeRow(DType t, const void* src, float* dst, int64_t n);
 // (all listed types have one). Deterministic: same input, same bytes.
 void QuantizeRow(DType t, const float* src, void* dst, int64_t n);
 
+// DequantizeRow through the plain scalar loops that define the layouts,
+// bypassing SIMD paths. For tests that hold the fast paths to them.
+void DequantizeRowReference(DType t, const void* src, float* dst, int64_t n);
+
 }  // namespace strata
