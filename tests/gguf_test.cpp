@@ -710,5 +710,66 @@ TEST(GgufWriterTest, RejectsInvalidInput) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// Fuzz seeds. Regenerate with:
+//   strata_tests --gtest_also_run_disabled_tests --gtest_filter='*WriteFuzzSeeds'
+// Writes into the source tree on purpose, so it is disabled in normal runs.
+
+#ifdef STRATA_SOURCE_DIR
+TEST(GgufFuzzSeeds, DISABLED_WriteFuzzSeeds) {
+  const std::filesystem::path dir = std::filesystem::path(STRATA_SOURCE_DIR) / "fuzz/corpus/gguf_fuzz";
+  std::filesystem::create_directories(dir);
+  auto write = [&](const char* name, const Bytes& b) {
+    std::ofstream out(dir / name, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+    ASSERT_TRUE(out.good()) << name;
+  };
+  write("small_v3.gguf", MustBuffer(SmallWriter(3)));
+  write("small_v2_align64.gguf", MustBuffer(SmallWriter(2, 64)));
+  write("header_only.gguf", Header(3, 0, 0).b);
+  {
+    GgufWriter w;
+    w.AddUint8("u8", 1); w.AddInt8("i8", -1); w.AddUint16("u16", 2); w.AddInt16("i16", -2);
+    w.AddUint32("u32", 3); w.AddInt32("i32", -3); w.AddUint64("u64", 4); w.AddInt64("i64", -4);
+    w.AddFloat32("f32", 0.5f); w.AddFloat64("f64", 0.25); w.AddBool("b", true);
+    w.AddString("s", "str");
+    const std::vector<int64_t> ia = {1, -2, 3};
+    const std::array<bool, 2> ba = {true, false};
+    const std::vector<double> da = {1.0, 2.0};
+    w.AddArray<int64_t>("ia", ia);
+    w.AddArray<bool>("ba", ba);
+    w.AddArray<double>("da", da);
+    Bytes nested;
+    GgufWriter::AppendRaw(&nested, static_cast<uint32_t>(GgufType::kArray));
+    GgufWriter::AppendRaw(&nested, uint64_t{1});
+    const std::vector<uint16_t> inner = {7, 8};
+    Bytes enc = GgufWriter::EncodeArray<uint16_t>(inner);
+    nested.insert(nested.end(), enc.begin(), enc.end());
+    w.AddEncoded("nested", GgufType::kArray, nested);
+    write("all_types.gguf", MustBuffer(w));
+  }
+  {
+    GgufWriter w;
+    w.AddString("general.architecture", "llama");
+    w.AddString("tokenizer.ggml.model", "gpt2");
+    std::vector<std::string> vocab;
+    std::vector<float> scores;
+    std::vector<int32_t> types;
+    for (int i = 0; i < 64; ++i) {
+      vocab.push_back("t" + std::to_string(i));
+      scores.push_back(-static_cast<float>(i));
+      types.push_back(i < 3 ? 3 : 1);
+    }
+    w.AddStringArray("tokenizer.ggml.tokens", vocab);
+    w.AddArray<float>("tokenizer.ggml.scores", scores);
+    w.AddArray<int32_t>("tokenizer.ggml.token_type", types);
+    w.AddTensor("q4k", DType::kQ4_K, {256}, Pattern(144, 4));
+    w.AddTensor("q40", DType::kQ4_0, {32, 2}, Pattern(36, 5));
+    w.AddTensor("bf16", DType::kBF16, {3}, Pattern(6, 6));
+    write("vocab_and_quants.gguf", MustBuffer(w));
+  }
+}
+#endif
+
 }  // namespace
 }  // namespace strata
