@@ -17,10 +17,10 @@ constexpr std::string_view kSpaceMarker = "\xE2\x96\x81";  // ▁ U+2581
 class SpmTokenizer final : public VocabTokenizer {
  public:
   Status Init(TokenizerVocab& v) {
-    scores_ = std::move(v.scores);
     // llama.cpp's defaults for SentencePiece: BOS yes, space prefix yes.
     add_space_prefix_ = v.add_space_prefix != 0;
     STRATA_RETURN_IF_ERROR(InitVocab(v, /*default_add_bos=*/true));
+    scores_ = std::move(v.scores);
     if (scores_.empty()) scores_.assign(tokens_.size(), 0.0f);
 
     byte_ids_.fill(-1);
