@@ -157,6 +157,11 @@ void ProcessItemScalar(const Problem& p, const Item& it) {
 
 #ifdef STRATA_ATTN_AVX2
 
+// The kernels' accumulator arrays must live in registers; unrolling the
+// fixed-trip loops early lets GCC scalarize them instead of spilling each
+// FMA result to the stack.
+#define STRATA_UNROLL _Pragma("GCC unroll 16")
+
 inline __m256 LoadHalf8(const fp16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
@@ -178,17 +183,22 @@ template <int RG>
 inline void DotScores(const float* q, int hd, const fp16_t* const* krows, float* s, int s_stride) {
   constexpr int KB = 8 / RG;
   __m256 acc[8];
+  STRATA_UNROLL
   for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
   for (int d = 0; d < hd; d += 8) {
     __m256 kv[KB];
+    STRATA_UNROLL
     for (int b = 0; b < KB; ++b) kv[b] = LoadHalf8(krows[b] + d);
+    STRATA_UNROLL
     for (int r = 0; r < RG; ++r) {
       const __m256 qv = _mm256_load_ps(q + r * hd + d);
+      STRATA_UNROLL
       for (int b = 0; b < KB; ++b) acc[r * KB + b] = _mm256_fmadd_ps(qv, kv[b], acc[r * KB + b]);
     }
   }
   alignas(32) float sums[8];
   _mm256_store_ps(sums, Reduce8(acc));
+  STRATA_UNROLL
   for (int r = 0; r < RG; ++r) std::memcpy(s + r * s_stride, sums + r * KB, sizeof(float) * KB);
 }
 
@@ -197,17 +207,24 @@ inline void DotScores(const float* q, int hd, const fp16_t* const* krows, float*
 template <int MK, int NV>
 inline void QkBlock(const float* kt, int hd, const float* qt, int lanes, float* st) {
   __m256 acc[MK][NV];
+  STRATA_UNROLL
   for (int m = 0; m < MK; ++m)
+    STRATA_UNROLL
     for (int c = 0; c < NV; ++c) acc[m][c] = _mm256_setzero_ps();
   for (int d = 0; d < hd; ++d) {
     __m256 qv[NV];
+    STRATA_UNROLL
     for (int c = 0; c < NV; ++c) qv[c] = _mm256_load_ps(qt + static_cast<int64_t>(d) * lanes + 8 * c);
+    STRATA_UNROLL
     for (int m = 0; m < MK; ++m) {
       const __m256 kb = _mm256_broadcast_ss(kt + m * hd + d);
+      STRATA_UNROLL
       for (int c = 0; c < NV; ++c) acc[m][c] = _mm256_fmadd_ps(kb, qv[c], acc[m][c]);
     }
   }
+  STRATA_UNROLL
   for (int m = 0; m < MK; ++m)
+    STRATA_UNROLL
     for (int c = 0; c < NV; ++c) _mm256_store_ps(st + m * lanes + 8 * c, acc[m][c]);
 }
 
@@ -235,13 +252,16 @@ template <int MR, int NV, typename T>
 inline void PvBlock(const float* p, int64_t p_rs, int64_t p_js, int n, const T* v, int64_t v_stride,
                     const float* alpha, float* o, int hd) {
   __m256 acc[MR][NV];
+  STRATA_UNROLL
   for (int r = 0; r < MR; ++r) {
     const __m256 a = _mm256_set1_ps(alpha[r]);
+    STRATA_UNROLL
     for (int c = 0; c < NV; ++c) acc[r][c] = _mm256_mul_ps(a, _mm256_load_ps(o + r * hd + 8 * c));
   }
   for (int j = 0; j < n; ++j) {
     __m256 vv[NV];
     const T* vr = v + j * v_stride;
+    STRATA_UNROLL
     for (int c = 0; c < NV; ++c) {
       if constexpr (sizeof(T) == 2) {
         vv[c] = LoadHalf8(vr + 8 * c);
@@ -249,20 +269,31 @@ inline void PvBlock(const float* p, int64_t p_rs, int64_t p_js, int n, const T* 
         vv[c] = _mm256_load_ps(vr + 8 * c);
       }
     }
+    STRATA_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m256 pb = _mm256_broadcast_ss(p + r * p_rs + j * p_js);
+      STRATA_UNROLL
       for (int c = 0; c < NV; ++c) acc[r][c] = _mm256_fmadd_ps(pb, vv[c], acc[r][c]);
     }
   }
+  STRATA_UNROLL
   for (int r = 0; r < MR; ++r)
+    STRATA_UNROLL
     for (int c = 0; c < NV; ++c) _mm256_store_ps(o + r * hd + 8 * c, acc[r][c]);
 }
 
 template <int MR, typename T>
 inline void PvRowBlock(const float* p, int64_t p_rs, int64_t p_js, int n, const T* v, int64_t v_stride,
                        const float* alpha, float* o, int hd) {
+  // Up to 12 accumulators: 4 rows take 3 vectors of V per pass (fewer P
+  // broadcasts per FMA), 5-6 rows take 2.
+  constexpr int NV = MR <= 4 ? 3 : 2;
   int d = 0;
-  for (; d + 16 <= hd; d += 16) PvBlock<MR, 2>(p, p_rs, p_js, n, v + d, v_stride, alpha, o + d, hd);
+  for (; d + 8 * NV <= hd; d += 8 * NV) PvBlock<MR, NV>(p, p_rs, p_js, n, v + d, v_stride, alpha, o + d, hd);
+  if (NV == 3 && d + 16 <= hd) {
+    PvBlock<MR, 2>(p, p_rs, p_js, n, v + d, v_stride, alpha, o + d, hd);
+    d += 16;
+  }
   if (d < hd) PvBlock<MR, 1>(p, p_rs, p_js, n, v + d, v_stride, alpha, o + d, hd);
 }
 
