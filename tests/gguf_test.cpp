@@ -756,7 +756,7 @@ TEST(GgufFuzzSeeds, DISABLED_WriteFuzzSeeds) {
     std::vector<float> scores;
     std::vector<int32_t> types;
     for (int i = 0; i < 64; ++i) {
-      vocab.push_back("t" + std::to_string(i));
+      vocab.push_back(std::to_string(i) + "t");  // "t" + to_string trips gcc 12 -Wrestrict
       scores.push_back(-static_cast<float>(i));
       types.push_back(i < 3 ? 3 : 1);
     }
