@@ -200,25 +200,58 @@ TEST(MatmulTest, ZeroActivationsGiveZero) {
   }
 }
 
-TEST(QuantizeActQ8Test, RoundsToNearestAndSums) {
+TEST(QuantizeActQ8Test, RoundsToNearestSumsAndInterleaves) {
   std::mt19937 rng(21);
   std::normal_distribution<float> g;
-  std::vector<float> x(96);
+  const int64_t nb = 5;  // two full pairs and a lone last block
+  std::vector<float> x(static_cast<size_t>(32 * nb));
   for (auto& v : x) v = g(rng);
   x[5] = 0.0f;
-  std::vector<ActQ8> a(3);
-  QuantizeActQ8(x.data(), 96, a.data());
-  for (int b = 0; b < 3; ++b) {
-    float amax = 0;
-    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[32 * b + i]));
-    EXPECT_FLOAT_EQ(a[b].d, amax / 127.0f);
-    int sum = 0;
-    for (int i = 0; i < 32; ++i) {
-      EXPECT_LE(std::fabs(a[b].d * a[b].q[i] - x[32 * b + i]), a[b].d * 0.5f + 1e-7f);
-      EXPECT_GE(a[b].q[i], -127);
-      sum += a[b].q[i];
+  for (bool interleave : {false, true}) {
+    alignas(64) uint8_t row[ActQ8RowBytes(nb)];
+    QuantizeActQ8(x.data(), 32 * nb, interleave, row);
+    const int8_t* q = reinterpret_cast<const int8_t*>(row);
+    const float* d = reinterpret_cast<const float*>(row + 32 * nb);
+    const float* sum8 = reinterpret_cast<const float*>(row + 36 * nb);
+    for (int64_t b = 0; b < nb; ++b) {
+      float amax = 0;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[32 * b + i]));
+      EXPECT_FLOAT_EQ(d[b], amax / 127.0f);
+      int sum = 0;
+      for (int i = 0; i < 32; ++i) {
+        // Position of element i of block b in the row.
+        int64_t at = 32 * b + i;
+        if (interleave && b < 4) at = 32 * (b & ~1) + 16 * (b & 1) + (i < 16 ? i : 16 + i);
+        const int8_t v = q[at];
+        EXPECT_LE(std::fabs(d[b] * v - x[32 * b + i]), d[b] * 0.5f + 1e-7f) << b << " " << i;
+        EXPECT_GE(v, -127);
+        sum += v;
+      }
+      EXPECT_FLOAT_EQ(sum8[b], 8.0f * d[b] * static_cast<float>(sum));
     }
-    EXPECT_FLOAT_EQ(a[b].sum8, 8.0f * a[b].d * static_cast<float>(sum));
+  }
+}
+
+TEST(QuantizeActQ8KTest, MatchesQ8KAndSums) {
+  std::mt19937 rng(22);
+  std::normal_distribution<float> g;
+  std::vector<float> x(512);
+  for (auto& v : x) v = g(rng);
+  std::vector<ActQ8K> a(2);
+  QuantizeActQ8K(x.data(), 512, a.data());
+  std::vector<uint8_t> ref(RowBytes(DType::kQ8_K, 512));
+  QuantizeRow(DType::kQ8_K, x.data(), ref.data(), 512);  // the public Q8_K quantizer
+  for (int b = 0; b < 2; ++b) {
+    float d;
+    std::memcpy(&d, ref.data() + 292 * b, 4);
+    EXPECT_FLOAT_EQ(a[b].d, d);
+    EXPECT_EQ(0, std::memcmp(a[b].q, ref.data() + 292 * b + 4, 256)) << b;
+    for (int s = 0; s < 16; ++s) {
+      int sum = 0;
+      for (int i = 0; i < 16; ++i) sum += a[b].q[16 * s + i];
+      EXPECT_EQ(a[b].bsum16[s], sum);
+    }
+    for (int s = 0; s < 8; ++s) EXPECT_EQ(a[b].bsum32[s], a[b].bsum16[2 * s] + a[b].bsum16[2 * s + 1]);
   }
 }
 
