@@ -19,8 +19,12 @@ struct AttentionShape {
 //      position q_pos0 + t and attends keys at positions [0, q_pos0 + t].
 // k,v: row p holds position p: [n_kv_heads * head_dim] fp16, rows kv_stride
 //      elements apart; at least q_pos0 + n_tokens rows are valid.
-// out: [n_tokens][n_q_heads * head_dim] floats.
+// out: [n_tokens][n_q_heads * head_dim] floats; may alias q (each q row is
+//      read before the same out row is written).
 // scale: usually 1/sqrt(head_dim).
+// Uses every thread of the pool; thread-local scratch is reused across calls,
+// so steady-state calls do not allocate. Results are deterministic for a given
+// pool size (the key range may be split differently for other sizes).
 void AttentionCausal(const float* q, int64_t n_tokens, int64_t q_pos0, const fp16_t* k,
                      const fp16_t* v, int64_t kv_stride, const AttentionShape& shape, float scale,
                      float* out, ThreadPool& pool);
