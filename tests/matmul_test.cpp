@@ -44,7 +44,7 @@ Weights MakeWeights(DType t, int64_t ne0, int64_t ne1, std::mt19937& rng) {
 // quantized types; everything else is float. Returns the block size of that
 // quantization (0: none).
 int64_t ActBlock(DType t, int64_t n_tokens) {
-  if (n_tokens >= 8) return 0;  // packed GEMM: f32 activations
+  if (n_tokens >= MatmulGemmMinTokens(t)) return 0;  // packed GEMM: f32 activations
   switch (t) {
     case DType::kQ4_0:
     case DType::kQ8_0:
@@ -125,7 +125,7 @@ TEST_P(MatmulTest, MatchesReferenceAcrossShapes) {
     for (int64_t ne0 : ne0s) {
       for (int64_t ne1 : ne1s) {
         const Weights w = MakeWeights(t, ne0, ne1, rng);
-        for (int64_t n_tokens : {1, 2, 3, 5, 17, 64}) {
+        for (int64_t n_tokens : {1, 2, 3, 5, 17, 33, 64}) {
           RunCase(pool, w, n_tokens, ne1, rng);
           if (HasFatalFailure()) return;
         }

@@ -75,6 +75,7 @@ class ScratchBuffer {
 thread_local ScratchBuffer tls_activations;  // caller thread: quantized x
 thread_local ScratchBuffer tls_panel;        // per thread: packed weight panel
 thread_local ScratchBuffer tls_rows;         // per thread: dequantized rows before transpose
+thread_local ScratchBuffer tls_xpack;        // caller thread: activations packed for the GEMM tile
 
 // ===========================================================================
 // Prefill: packed f32 GEMM.
@@ -129,7 +130,11 @@ void PackTransposed(const float* const* rows, int mr, int64_t kc, float* pack) {
   }
 }
 
-// c[j * ldc + i] (+)= sum_k pack[k * kMR + i] * x[j * ldx + k], i < kMR, j < NR.
+// c[j * ldc + i] (+)= sum_k pack[k * kMR + i] * xp[k * kNR + j], i < kMR, j < NR.
+//
+// Both operands are packed so that the loop reads two sequential streams.
+// (Broadcasting straight from NR activation rows ne0 floats apart put all NR
+// streams in the same L1 set for power-of-two widths.)
 //
 // The accumulators are named variables, not arrays: GCC keeps an array of
 // vectors in memory and stores it back every iteration, which made this loop
@@ -137,13 +142,11 @@ void PackTransposed(const float* const* rows, int mr, int64_t kc, float* pack) {
 #define STRATA_TILE_COLUMNS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define STRATA_TILE_COLUMNS_512(X) STRATA_TILE_COLUMNS(X) X(6) X(7) X(8) X(9) X(10) X(11)
 template <int NR>
-void MicroKernel(const float* pack, const float* x, int64_t ldx, int64_t kc, float* c, int64_t ldc,
-                 bool accumulate) {
+void MicroKernel(const float* pack, const float* xp, int64_t kc, float* c, int64_t ldc, bool accumulate) {
 #if STRATA_MATMUL_AVX512
 #define DECL(j)                                                   \
   [[maybe_unused]] __m512 c##j##a = _mm512_setzero_ps();          \
-  [[maybe_unused]] __m512 c##j##b = _mm512_setzero_ps();          \
-  [[maybe_unused]] const float* x##j = x + (j < NR ? j : 0) * ldx;
+  [[maybe_unused]] __m512 c##j##b = _mm512_setzero_ps();
   STRATA_TILE_COLUMNS_512(DECL)
 #undef DECL
   for (int64_t k = 0; k < kc; ++k) {
@@ -151,7 +154,7 @@ void MicroKernel(const float* pack, const float* x, int64_t ldx, int64_t kc, flo
     const __m512 w1 = _mm512_load_ps(pack + k * kMR + 16);
 #define STEP(j)                                  \
   if constexpr (j < NR) {                        \
-    const __m512 b = _mm512_set1_ps(x##j[k]);    \
+    const __m512 b = _mm512_set1_ps(xp[k * kNR + j]);    \
     c##j##a = _mm512_fmadd_ps(w0, b, c##j##a);   \
     c##j##b = _mm512_fmadd_ps(w1, b, c##j##b);   \
   }
@@ -171,33 +174,35 @@ void MicroKernel(const float* pack, const float* x, int64_t ldx, int64_t kc, flo
   STRATA_TILE_COLUMNS_512(STORE)
 #undef STORE
 #elif STRATA_MATMUL_AVX2
-#define DECL(j)                                                   \
-  [[maybe_unused]] __m256 c##j##a = _mm256_setzero_ps();          \
-  [[maybe_unused]] __m256 c##j##b = _mm256_setzero_ps();          \
-  [[maybe_unused]] const float* x##j = x + (j < NR ? j : 0) * ldx;
+  // 16 rows x 6 tokens: 12 accumulators + 2 weight vectors + 1 broadcast.
+  // (Measured on Zen3: ~82% of FMA peak; 24 x 4 has fewer broadcasts per
+  // FMA but ran at ~62%.)
+#define DECL(j)                                          \
+  [[maybe_unused]] __m256 c##j##a = _mm256_setzero_ps(); \
+  [[maybe_unused]] __m256 c##j##b = _mm256_setzero_ps();
   STRATA_TILE_COLUMNS(DECL)
 #undef DECL
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 w0 = _mm256_load_ps(pack + k * kMR);
     const __m256 w1 = _mm256_load_ps(pack + k * kMR + 8);
-#define STEP(j)                                     \
-  if constexpr (j < NR) {                           \
-    const __m256 b = _mm256_broadcast_ss(x##j + k); \
-    c##j##a = _mm256_fmadd_ps(w0, b, c##j##a);      \
-    c##j##b = _mm256_fmadd_ps(w1, b, c##j##b);      \
+#define STEP(j)                                             \
+  if constexpr (j < NR) {                                   \
+    const __m256 b = _mm256_broadcast_ss(xp + k * kNR + j); \
+    c##j##a = _mm256_fmadd_ps(w0, b, c##j##a);              \
+    c##j##b = _mm256_fmadd_ps(w1, b, c##j##b);              \
   }
     STRATA_TILE_COLUMNS(STEP)
 #undef STEP
   }
-#define STORE(j)                                                    \
-  if constexpr (j < NR) {                                           \
-    float* cj = c + j * ldc;                                        \
-    if (accumulate) {                                               \
-      c##j##a = _mm256_add_ps(c##j##a, _mm256_loadu_ps(cj));        \
-      c##j##b = _mm256_add_ps(c##j##b, _mm256_loadu_ps(cj + 8));    \
-    }                                                               \
-    _mm256_storeu_ps(cj, c##j##a);                                  \
-    _mm256_storeu_ps(cj + 8, c##j##b);                              \
+#define STORE(j)                                                 \
+  if constexpr (j < NR) {                                        \
+    float* cj = c + j * ldc;                                     \
+    if (accumulate) {                                            \
+      c##j##a = _mm256_add_ps(c##j##a, _mm256_loadu_ps(cj));     \
+      c##j##b = _mm256_add_ps(c##j##b, _mm256_loadu_ps(cj + 8)); \
+    }                                                            \
+    _mm256_storeu_ps(cj, c##j##a);                               \
+    _mm256_storeu_ps(cj + 8, c##j##b);                           \
   }
   STRATA_TILE_COLUMNS(STORE)
 #undef STORE
@@ -205,7 +210,7 @@ void MicroKernel(const float* pack, const float* x, int64_t ldx, int64_t kc, flo
   float acc[NR][kMR] = {};
   for (int64_t k = 0; k < kc; ++k) {
     for (int j = 0; j < NR; ++j) {
-      const float b = x[j * ldx + k];
+      const float b = xp[k * kNR + j];
       for (int i = 0; i < kMR; ++i) acc[j][i] += pack[k * kMR + i] * b;
     }
   }
@@ -217,7 +222,7 @@ void MicroKernel(const float* pack, const float* x, int64_t ldx, int64_t kc, flo
 #undef STRATA_TILE_COLUMNS
 #undef STRATA_TILE_COLUMNS_512
 
-using MicroKernelFn = void (*)(const float*, const float*, int64_t, int64_t, float*, int64_t, bool);
+using MicroKernelFn = void (*)(const float*, const float*, int64_t, float*, int64_t, bool);
 
 template <int... N>
 constexpr auto MakeKernelTable(std::integer_sequence<int, N...>) {
@@ -225,7 +230,7 @@ constexpr auto MakeKernelTable(std::integer_sequence<int, N...>) {
 }
 constexpr auto kMicroKernels = MakeKernelTable(std::make_integer_sequence<int, kNR>{});
 
-void GemmRows(const WeightView& w, const float* x, int64_t n_tokens, float* y, int64_t ldy, int64_t r0,
+void GemmRows(const WeightView& w, const float* xpack, int64_t n_tokens, float* y, int64_t ldy, int64_t r0,
               int64_t r1) {
   const int64_t ne0 = w.ne0;
   const int64_t block_elems = Traits(w.type).block_elems;
@@ -255,15 +260,15 @@ void GemmRows(const WeightView& w, const float* x, int64_t n_tokens, float* y, i
       const bool accumulate = k0 > 0;
       for (int64_t t = 0; t < n_tokens; t += kNR) {
         const int nr = static_cast<int>(std::min<int64_t>(kNR, n_tokens - t));
-        const float* xt = x + t * ne0 + k0;
+        const float* xt = xpack + t * ne0 + k0 * kNR;  // group t / kNR, column k0
         float* yt = y + t * ldy + p;
         if (mr == kMR) {
-          kMicroKernels[nr - 1](pack, xt, ne0, kc, yt, ldy, accumulate);
+          kMicroKernels[nr - 1](pack, xt, kc, yt, ldy, accumulate);
         } else {
           if (accumulate) {
             for (int j = 0; j < nr; ++j) std::memcpy(edge + j * kMR, yt + j * ldy, sizeof(float) * mr);
           }
-          kMicroKernels[nr - 1](pack, xt, ne0, kc, edge, kMR, accumulate);
+          kMicroKernels[nr - 1](pack, xt, kc, edge, kMR, accumulate);
           for (int j = 0; j < nr; ++j) std::memcpy(yt + j * ldy, edge + j * kMR, sizeof(float) * mr);
         }
       }
@@ -271,9 +276,31 @@ void GemmRows(const WeightView& w, const float* x, int64_t n_tokens, float* y, i
   }
 }
 
+// xpack[g][k][j] = x[g * kNR + j][k] (0 past n_tokens): group g of kNR tokens
+// occupies ne0 * kNR floats, so group t / kNR starts at xpack + t * ne0.
+void PackActivations(const float* x, int64_t ne0, int64_t n_tokens, int64_t g0, int64_t g1, float* xpack) {
+  for (int64_t g = g0; g < g1; ++g) {
+    float* dst = xpack + g * ne0 * kNR;
+    const int nr = static_cast<int>(std::min<int64_t>(kNR, n_tokens - g * kNR));
+    for (int j = 0; j < kNR; ++j) {
+      if (j < nr) {
+        const float* src = x + (g * kNR + j) * ne0;
+        for (int64_t k = 0; k < ne0; ++k) dst[k * kNR + j] = src[k];
+      } else {
+        for (int64_t k = 0; k < ne0; ++k) dst[k * kNR + j] = 0.0f;
+      }
+    }
+  }
+}
+
 void Gemm(const WeightView& w, const float* x, int64_t n_tokens, float* y, int64_t ldy, ThreadPool& pool) {
+  const int64_t groups = (n_tokens + kNR - 1) / kNR;
+  float* xpack = static_cast<float*>(tls_xpack.Get(sizeof(float) * static_cast<size_t>(groups * kNR * w.ne0)));
+  pool.ParallelFor(groups, 1, [&](int64_t g0, int64_t g1, int) {
+    PackActivations(x, w.ne0, n_tokens, g0, g1, xpack);
+  });
   pool.ParallelFor(w.ne1, kMR, [&](int64_t r0, int64_t r1, int) {
-    GemmRows(w, x, n_tokens, y, ldy, r0, r1);
+    GemmRows(w, xpack, n_tokens, y, ldy, r0, r1);
   });
 }
 
@@ -281,20 +308,25 @@ void Gemm(const WeightView& w, const float* x, int64_t n_tokens, float* y, int64
 // large enough that a thread's slice is one long sequential stream.
 constexpr int64_t kRowGrain = 8;
 
-// Below this many tokens the row-streaming kernels win; at and above it the
-// packed GEMM does (measured on Zen3 AVX2, see bench/kernels_bench.cpp).
-int64_t GemmMinTokens(DType t) {
+}  // namespace
+
+// Crossover measured on Zen3 (2816 x 1024, one thread): the packed GEMM pays
+// ~1 cycle per weight element to dequantize and transpose its panels, which
+// the row-streaming kernels (up to 4 tokens per pass) avoid; at 4 tokens
+// those run at ~48 GFLOP/s for f16 and ~80 GFLOP/s-equivalent for the int8
+// paths (which do twice the multiply-adds per instruction), so the GEMM
+// (~80 GFLOP/s at 512 tokens) only pulls ahead around 20 tokens for float
+// weights and around 40 for quantized ones.
+int64_t MatmulGemmMinTokens(DType t) {
   switch (t) {
     case DType::kF32:
     case DType::kF16:
     case DType::kBF16:
-      return 8;
+      return 16;
     default:
-      return 8;
+      return 32;
   }
 }
-
-}  // namespace
 
 void Matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, int64_t ldy, ThreadPool& pool) {
   assert(w.row_bytes == RowBytes(w.type, w.ne0));
@@ -304,7 +336,7 @@ void Matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, int
     for (int64_t t = 0; t < n_tokens; ++t) std::fill(y + t * ldy, y + t * ldy + w.ne1, 0.0f);
     return;
   }
-  if (n_tokens >= GemmMinTokens(w.type)) return Gemm(w, x, n_tokens, y, ldy, pool);
+  if (n_tokens >= MatmulGemmMinTokens(w.type)) return Gemm(w, x, n_tokens, y, ldy, pool);
 
   DotActivations act;
   act.x = x;

@@ -10,6 +10,10 @@
 
 namespace strata {
 
+// Matmul uses the packed f32 GEMM from this many tokens on, the few-token
+// dot products below it.
+int64_t MatmulGemmMinTokens(DType t);
+
 // ---- Activation formats of the integer dot products -------------------------
 //
 // Q4_0 / Q8_0 weights meet activations quantized in blocks of 32:
