@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <xxhash.h>
 
 #include "model/gguf.h"
 #include "model/tokenizer_impl.h"
@@ -107,6 +108,93 @@ Expected<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& gguf) {
 }
 
 // ---------------------------------------------------------------------------
+// Hash tables
+
+namespace {
+size_t TableSize(size_t n) {
+  size_t cap = 16;
+  while (cap < n * 2) cap <<= 1;  // load factor <= 1/2: short probe runs
+  return cap;
+}
+}  // namespace
+
+void PieceTable::Reserve(size_t n) {
+  slots_.assign(TableSize(n), Slot{});
+  mask_ = slots_.size() - 1;
+  size_ = 0;
+}
+
+void PieceTable::Insert(std::string_view key, TokenId id) {
+  if ((size_ + 1) * 2 > slots_.size()) {
+    std::vector<Slot> old = std::move(slots_);
+    Reserve(std::max<size_t>(size_ + 1, old.size()));
+    for (const Slot& s : old) {
+      if (s.id >= 0) Insert(s.key, s.id);
+    }
+  }
+  const uint64_t h = XXH3_64bits(key.data(), key.size());
+  for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+    Slot& s = slots_[i];
+    if (s.id < 0) {
+      s = {h, key, id};
+      ++size_;
+      return;
+    }
+    if (s.hash == h && s.key == key) return;
+  }
+}
+
+TokenId PieceTable::Find(std::string_view key) const {
+  if (slots_.empty()) return -1;
+  const uint64_t h = XXH3_64bits(key.data(), key.size());
+  for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+    const Slot& s = slots_[i];
+    if (s.id < 0) return -1;
+    if (s.hash == h && s.key == key) return s.id;
+  }
+}
+
+namespace {
+uint64_t PairKey(TokenId l, TokenId r) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(l)) << 32) | static_cast<uint32_t>(r);
+}
+size_t PairHash(uint64_t key) {
+  // Both ids must reach the low bits the mask keeps.
+  key ^= key >> 31;
+  key *= 0x9E3779B97F4A7C15ULL;
+  return static_cast<size_t>(key ^ (key >> 32));
+}
+}  // namespace
+
+void MergeTable::Reserve(size_t n) {
+  slots_.assign(TableSize(n), Slot{});
+  mask_ = slots_.size() - 1;
+}
+
+void MergeTable::Insert(TokenId left, TokenId right, Merge m) {
+  // Sized by Reserve for every merge of the vocabulary: never grows.
+  const uint64_t key = PairKey(left, right);
+  for (size_t i = PairHash(key) & mask_;; i = (i + 1) & mask_) {
+    Slot& s = slots_[i];
+    if (s.merge.rank < 0) {
+      s = {key, m};
+      return;
+    }
+    if (s.key == key) return;
+  }
+}
+
+const MergeTable::Merge* MergeTable::Find(TokenId left, TokenId right) const {
+  if (slots_.empty()) return nullptr;
+  const uint64_t key = PairKey(left, right);
+  for (size_t i = PairHash(key) & mask_;; i = (i + 1) & mask_) {
+    const Slot& s = slots_[i];
+    if (s.merge.rank < 0) return nullptr;
+    if (s.key == key) return &s.merge;
+  }
+}
+
+// ---------------------------------------------------------------------------
 // VocabTokenizer
 
 Status VocabTokenizer::InitVocab(TokenizerVocab& v, bool default_add_bos) {
@@ -137,8 +225,8 @@ Status VocabTokenizer::InitVocab(TokenizerVocab& v, bool default_add_bos) {
   add_bos_ = v.add_bos < 0 ? default_add_bos : v.add_bos == 1;
   add_eos_ = v.add_eos == 1;
 
-  piece_to_id_.reserve(n);
-  for (size_t i = 0; i < n; ++i) piece_to_id_.emplace(tokens_[i], static_cast<TokenId>(i));
+  piece_to_id_.Reserve(n);
+  for (size_t i = 0; i < n; ++i) piece_to_id_.Insert(tokens_[i], static_cast<TokenId>(i));
 
   for (size_t i = 0; i < n; ++i) {
     const auto t = static_cast<TokenType>(token_type_[i]);

@@ -73,20 +73,19 @@ class BpeTokenizer final : public VocabTokenizer {
         token_bytes_[i] = tokens_[i];  // specials are stored as plain text
       }
     }
-    bytes_to_id_.reserve(tokens_.size());
+    bytes_to_id_.Reserve(tokens_.size());
     for (size_t i = 0; i < tokens_.size(); ++i) {
       const auto t = static_cast<TokenType>(token_type_[i]);
       if (t == TokenType::kNormal || t == TokenType::kUndefined || t == TokenType::kByte) {
-        bytes_to_id_.emplace(token_bytes_[i], static_cast<TokenId>(i));
+        bytes_to_id_.Insert(token_bytes_[i], static_cast<TokenId>(i));
       }
     }
     for (int b = 0; b < 256; ++b) {
-      const std::string one(1, static_cast<char>(b));
-      auto found = bytes_to_id_.find(std::string_view(one));
-      byte_ids_[b] = found == bytes_to_id_.end() ? -1 : found->second;
+      const char c = static_cast<char>(b);
+      byte_ids_[b] = bytes_to_id_.Find(std::string_view(&c, 1));
     }
 
-    merges_.reserve(merges.size());
+    merges_.Reserve(merges.size());
     std::string joined;
     for (size_t rank = 0; rank < merges.size(); ++rank) {
       const std::string& m = merges[rank];
@@ -102,7 +101,7 @@ class BpeTokenizer final : public VocabTokenizer {
       // A merge whose parts are not all vocabulary entries can never apply
       // to ids; the HF tokenizers we match have none.
       if (l < 0 || r < 0 || result < 0) continue;
-      merges_.emplace(Key(l, r), Merge{static_cast<int32_t>(rank), result});
+      merges_.Insert(l, r, {static_cast<int32_t>(rank), result});
     }
     return Status::Ok();
   }
@@ -113,19 +112,12 @@ class BpeTokenizer final : public VocabTokenizer {
   void EncodeText(std::string_view text, bool after_special, std::vector<TokenId>* out) const override;
 
  private:
-  struct Merge {
-    int32_t rank;
-    TokenId result;
-  };
-  static uint64_t Key(TokenId l, TokenId r) {
-    return (static_cast<uint64_t>(static_cast<uint32_t>(l)) << 32) | static_cast<uint32_t>(r);
-  }
   void EncodeWord(std::string_view word, std::vector<TokenId>* out) const;
 
   PreTokenizerSpec pre_;
-  std::unordered_map<std::string_view, TokenId> bytes_to_id_;  // views into token_bytes_
+  PieceTable bytes_to_id_;  // views into token_bytes_
   std::array<TokenId, 256> byte_ids_{};
-  std::unordered_map<uint64_t, Merge> merges_;
+  MergeTable merges_;
 };
 
 void BpeTokenizer::EncodeText(std::string_view text, bool /*after_special*/,
@@ -134,9 +126,9 @@ void BpeTokenizer::EncodeText(std::string_view text, bool /*after_special*/,
   PreTokenize(pre_.kind, text, &pieces);
   for (std::string_view piece : pieces) {
     if (pre_.ignore_merges) {
-      auto it = bytes_to_id_.find(piece);
-      if (it != bytes_to_id_.end()) {
-        out->push_back(it->second);
+      const TokenId whole = bytes_to_id_.Find(piece);
+      if (whole >= 0) {
+        out->push_back(whole);
         continue;
       }
     }
@@ -179,9 +171,9 @@ void BpeTokenizer::EncodeWord(std::string_view word, std::vector<TokenId>* out) 
     if (left < 0 || right < 0) return;
     const TokenId l = sym[left].id, r = sym[right].id;
     if (l < 0 || r < 0) return;
-    auto it = merges_.find(Key(l, r));
-    if (it == merges_.end()) return;
-    queue.push({it->second.rank, left, right, l, r, it->second.result});
+    const MergeTable::Merge* m = merges_.Find(l, r);
+    if (m == nullptr) return;
+    queue.push({m->rank, left, right, l, r, m->result});
   };
   for (size_t i = 1; i < sym.size(); ++i) try_add(static_cast<int>(i) - 1, static_cast<int>(i));
 

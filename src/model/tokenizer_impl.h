@@ -12,6 +12,48 @@
 
 namespace strata {
 
+// Open-addressing string -> id table over strings owned elsewhere. Building
+// a 150K-entry vocabulary does ~1M lookups; std::unordered_map's node chasing
+// made that most of the load time.
+class PieceTable {
+ public:
+  void Reserve(size_t n);
+  // Keeps the first id inserted for a key. REQUIRES: key outlives the table.
+  void Insert(std::string_view key, TokenId id);
+  TokenId Find(std::string_view key) const;  // -1 if absent
+
+ private:
+  struct Slot {
+    uint64_t hash = 0;
+    std::string_view key;
+    TokenId id = -1;  // -1: empty
+  };
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+  size_t size_ = 0;
+};
+
+// Open-addressing (left id, right id) -> (rank, result id) table for merges.
+class MergeTable {
+ public:
+  struct Merge {
+    int32_t rank = -1;  // -1: empty slot
+    TokenId result = -1;
+  };
+  void Reserve(size_t n);
+  // Keeps the first (lowest-rank) merge of a pair.
+  void Insert(TokenId left, TokenId right, Merge m);
+  const Merge* Find(TokenId left, TokenId right) const;
+
+ private:
+  struct Slot {
+    uint64_t key = 0;
+    Merge merge;
+  };
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+};
+
 // Holds the vocabulary, splits special-token text out of the input and
 // leaves the text between specials to the model (SentencePiece or BPE).
 class VocabTokenizer : public Tokenizer {
@@ -33,15 +75,12 @@ class VocabTokenizer : public Tokenizer {
   virtual void EncodeText(std::string_view text, bool after_special,
                           std::vector<TokenId>* out) const = 0;
 
-  TokenId Find(std::string_view piece) const {
-    auto it = piece_to_id_.find(piece);
-    return it == piece_to_id_.end() ? -1 : it->second;
-  }
+  TokenId Find(std::string_view piece) const { return piece_to_id_.Find(piece); }
   TokenType type(TokenId id) const { return static_cast<TokenType>(token_type_[static_cast<size_t>(id)]); }
 
   std::vector<std::string> tokens_;
   std::vector<std::string> token_bytes_;  // what TokenBytes returns, per id
-  std::unordered_map<std::string_view, TokenId> piece_to_id_;  // views into tokens_
+  PieceTable piece_to_id_;  // views into tokens_
   TokenId unk_ = -1;
   bool add_eos_ = false;
 
