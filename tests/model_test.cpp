@@ -230,3 +230,20 @@ TEST(CliTest, PerplexityAndBenchRun) {
 
 }  // namespace
 }  // namespace strata
+
+namespace strata {
+namespace {
+
+TEST(ModelTest, FingerprintIsStableAndContentSensitive) {
+  const std::string a = TinyModel("f32");
+  auto m1 = Model::Load(a);
+  auto m2 = Model::Load(a);
+  auto m3 = Model::Load(TinyModel("f16"));
+  ASSERT_TRUE(m1.ok() && m2.ok() && m3.ok());
+  EXPECT_EQ((*m1)->fingerprint().size(), 32u);
+  EXPECT_EQ((*m1)->fingerprint(), (*m2)->fingerprint());
+  EXPECT_NE((*m1)->fingerprint(), (*m3)->fingerprint());
+}
+
+}  // namespace
+}  // namespace strata

@@ -109,6 +109,8 @@ class GgufFile {
   // File offset where the tensor data section starts (aligned).
   size_t data_offset() const { return data_offset_; }
   size_t file_size() const { return size_; }
+  // The whole file as mapped (for content hashing).
+  std::span<const uint8_t> bytes() const { return {base_, size_}; }
 
  private:
   GgufFile() = default;

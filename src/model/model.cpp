@@ -2,13 +2,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <map>
 
 #include "kernels/attention.h"
+#include "kernels/attention_paged.h"
 #include "kernels/ops.h"
 #include "kernels/quant.h"
 #include "model/gguf.h"
+
+#include <xxhash.h>
 
 namespace strata {
 
@@ -152,6 +156,18 @@ Status Model::BindWeights() {
   return Status::Ok();
 }
 
+const std::string& Model::fingerprint() const {
+  std::call_once(fingerprint_once_, [this] {
+    const auto bytes = gguf_->bytes();
+    const XXH128_hash_t h = XXH3_128bits(bytes.data(), bytes.size());
+    char buf[33];
+    std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(h.high64),
+                  static_cast<unsigned long long>(h.low64));
+    fingerprint_ = buf;
+  });
+  return fingerprint_;
+}
+
 size_t Model::weight_bytes_per_token() const {
   size_t total = WeightBytes(output_);
   for (const auto& L : layers_) {
@@ -278,8 +294,8 @@ Expected<std::span<const float>> ForwardContext::Forward(std::span<const BatchSe
       const KvLayerView view = kv.View(s.seq, l);
       const int64_t n = static_cast<int64_t>(s.tokens.size());
       for (int64_t i = 0; i < n; ++i) {
-        fp16_t* krow = view.k + (s.pos0 + i) * view.stride;
-        fp16_t* vrow = view.v + (s.pos0 + i) * view.stride;
+        fp16_t* krow = view.KRow(s.pos0 + i);
+        fp16_t* vrow = view.VRow(s.pos0 + i);
         const float* ks = k_.data() + (off + i) * kvd;
         const float* vs = v_.data() + (off + i) * kvd;
         for (int j = 0; j < kvd; ++j) {
@@ -295,8 +311,13 @@ Expected<std::span<const float>> ForwardContext::Forward(std::span<const BatchSe
     for (const BatchSeq& s : batch) {
       const KvLayerView view = kv.View(s.seq, l);
       const int64_t n = static_cast<int64_t>(s.tokens.size());
-      AttentionCausal(q_.data() + off * qd, n, s.pos0, view.k, view.v, view.stride, shape, scale,
-                      att_.data() + off * qd, pool_);
+      if (view.block_table != nullptr) {
+        const PagedKvView paged{view.k, view.v, view.block_table, view.block_size, view.block_stride, view.stride};
+        AttentionCausalPaged(q_.data() + off * qd, n, s.pos0, paged, shape, scale, att_.data() + off * qd, pool_);
+      } else {
+        AttentionCausal(q_.data() + off * qd, n, s.pos0, view.k, view.v, view.stride, shape, scale,
+                        att_.data() + off * qd, pool_);
+      }
       off += n;
     }
     Matmul(L.wo, att_.data(), T, xb, dim, pool_);  // [T, dim]

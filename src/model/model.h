@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -58,6 +59,11 @@ class Model {
   // The dominant weight type ("q4_K", "f16", ...), for bench tables.
   std::string weight_type_summary() const;
   uint64_t n_params() const { return n_params_; }
+  // xxh3-128 of the whole GGUF file, as 32 hex digits: identical across
+  // processes and machines for the same file, different for any change of
+  // weights, shapes or tokenizer. Part of every KV cache key. Computed on
+  // first use (reads every byte once). Thread-safe.
+  const std::string& fingerprint() const;
 
  private:
   friend class ForwardContext;
@@ -73,6 +79,8 @@ class Model {
   std::vector<float> rope_freq_factors_;  // llama3 files may carry rope_freqs.weight
   std::vector<LayerWeights> layers_;
   uint64_t n_params_ = 0;
+  mutable std::once_flag fingerprint_once_;
+  mutable std::string fingerprint_;
 };
 
 // Runs forward passes of one Model over one KvCache.
