@@ -37,6 +37,19 @@ namespace {
 namespace fs = std::filesystem;
 using Ids = std::vector<TokenId>;
 
+// "Well under a second" for 100 KB, with room for sanitizer builds.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr double kLongTextSeconds = 5.0;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr double kLongTextSeconds = 5.0;
+#else
+constexpr double kLongTextSeconds = 1.0;
+#endif
+#else
+constexpr double kLongTextSeconds = 1.0;
+#endif
+
 // ---------------------------------------------------------------------------
 // Helpers
 
@@ -352,7 +365,7 @@ TEST(TokenizerEncode, LongInputIsFast) {
     const auto t0 = std::chrono::steady_clock::now();
     const Ids ids = EncodeOrDie(*tok, text);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    EXPECT_LT(s, 1.0) << tok->model_name();
+    EXPECT_LT(s, kLongTextSeconds) << tok->model_name();
     EXPECT_EQ(tok->Decode(ids), text);
   }
 }
@@ -562,7 +575,7 @@ TEST_P(TokenizerParity, LongTextIsFast) {
   const auto t0 = std::chrono::steady_clock::now();
   const Ids ids = EncodeOrDie(**tok, text);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_LT(s, 1.0) << name << ": " << text.size() << " bytes took " << s << " s";
+  EXPECT_LT(s, kLongTextSeconds) << name << ": " << text.size() << " bytes took " << s << " s";
   EXPECT_TRUE((*tok)->Decode(ids) == text) << name << ": long text does not round-trip";
 }
 
