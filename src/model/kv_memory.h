@@ -20,6 +20,19 @@ struct KvLayerView {
   fp16_t* v = nullptr;
   int64_t stride = 0;
   int64_t capacity = 0;  // positions that may be written
+  // Paged memory (null for contiguous): position p lives in block
+  // block_table[p / block_size] at row p % block_size, and block b's rows
+  // start b * block_stride elements after k (and after v).
+  const int32_t* block_table = nullptr;
+  int block_size = 0;
+  int64_t block_stride = 0;
+
+  fp16_t* KRow(int64_t p) const { return k + RowOffset(p); }
+  fp16_t* VRow(int64_t p) const { return v + RowOffset(p); }
+  int64_t RowOffset(int64_t p) const {
+    if (block_table == nullptr) return p * stride;
+    return static_cast<int64_t>(block_table[p / block_size]) * block_stride + (p % block_size) * stride;
+  }
 };
 
 class KvCache {
@@ -38,6 +51,9 @@ class KvCache {
   virtual void Clear(int seq) = 0;
   // Bytes of memory actually backing KV (resident), for accounting.
   virtual size_t committed_bytes() const = 0;
+  // Bytes backing live sequences (committed minus memory kept for reuse:
+  // cached prefix blocks, idle slots' pages).
+  virtual size_t used_bytes() const { return committed_bytes(); }
 };
 
 }  // namespace strata

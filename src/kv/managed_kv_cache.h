@@ -1,0 +1,73 @@
+// ManagedKvCache: the engine's view of KV memory, beyond what the forward
+// pass needs (model/kv_memory.h). It hands out sequence slots, bounds all KV
+// by one byte budget, reports committed vs used bytes and, where the
+// implementation supports it, reuses cached prefix KV across requests.
+//
+// Two implementations: PagedKvCache (fixed-size blocks, block tables, prefix
+// caching) and VirtualKvCache (vAttention: per-slot contiguous virtual
+// ranges backed on demand by pages from a memfd pool).
+//
+// Thread-safety: not thread-safe; owned by the scheduler's engine thread.
+// Read-only counters are exported through stats() by that thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "model/kv_memory.h"
+#include "model/tokenizer.h"
+
+namespace strata {
+
+struct KvMemoryStats {
+  size_t budget_bytes = 0;     // the bound on committed_bytes
+  size_t committed_bytes = 0;  // memory holding KV (live + kept for reuse)
+  size_t used_bytes = 0;       // memory holding live sequences' KV
+  size_t cached_bytes = 0;     // kept for reuse: cached prefix blocks / idle slots' pages
+  int active_slots = 0;
+  // Prefix caching: tokens looked up and tokens served from the cache.
+  uint64_t prefix_query_tokens = 0;
+  uint64_t prefix_hit_tokens = 0;
+  uint64_t evictions = 0;       // cached blocks or idle slots' pages reclaimed under pressure
+  // Virtual memory: page mappings made and the time they took.
+  uint64_t page_maps = 0;
+  double map_seconds = 0;
+};
+
+class ManagedKvCache : public KvCache {
+ public:
+  // A free slot for a new sequence, or -1 when all are taken.
+  virtual int AcquireSlot() = 0;
+  // Clear(seq) (from KvCache) frees the slot's KV and returns the slot.
+
+  // Positions a new sequence could get now, counting memory that can be
+  // reclaimed (cached blocks, idle slots). Admission control compares a
+  // prompt against this.
+  virtual int64_t AvailablePositions() const = 0;
+  // Allocation granularity in positions (a block, or one page per plane).
+  virtual int64_t granule_positions() const = 0;
+
+  // Prefix caching. Attaches the cached KV of the longest block-aligned
+  // prefix of `tokens` (never more than max_positions of it) to the empty
+  // slot `seq`, keyed under `cache_salt`; returns how many positions were
+  // attached (their KV need not be computed). Implementations without a
+  // prefix cache attach nothing.
+  virtual int64_t AttachCachedPrefix(int seq, std::span<const TokenId> tokens, const std::string& cache_salt,
+                                     int64_t max_positions) {
+    (void)seq; (void)tokens; (void)cache_salt; (void)max_positions;
+    return 0;
+  }
+  // Offers the computed KV of tokens [0, tokens.size()) of `seq` for reuse
+  // (full blocks only).
+  virtual void PublishPrefix(int seq, std::span<const TokenId> tokens) { (void)seq; (void)tokens; }
+
+  // Returns memory kept for reuse (cached blocks, idle slots' pages) so that
+  // committed_bytes() drops to used_bytes().
+  virtual void Trim() = 0;
+  virtual KvMemoryStats stats() const = 0;
+  virtual const char* kind() const = 0;  // "paged" or "virtual"
+};
+
+}  // namespace strata
