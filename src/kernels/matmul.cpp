@@ -182,6 +182,7 @@ void MicroKernel(const float* pack, const float* xp, int64_t kc, float* c, int64
   [[maybe_unused]] __m256 c##j##b = _mm256_setzero_ps();
   STRATA_TILE_COLUMNS(DECL)
 #undef DECL
+#pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 w0 = _mm256_load_ps(pack + k * kMR);
     const __m256 w1 = _mm256_load_ps(pack + k * kMR + 8);

@@ -22,6 +22,16 @@ struct WeightView {
 
 // x: [n_tokens, w.ne0] row-major floats. y: [n_tokens, w.ne1] with row stride ldy.
 // y[t, r] = sum_k W[r, k] * x[t, k]. Uses every thread of the pool.
+//
+// Accuracy: from MatmulGemmMinTokens(type) tokens on (16 for float weights,
+// 32 for quantized ones) the weights are dequantized to f32 and accumulated
+// in f32. Below it, quantized weights are dotted with activations rounded to
+// int8 per block (32 values for Q4_0/Q8_0, 256 for the K-quants), which adds
+// an error of at most sum_blocks amax(x_block)/254 * sum|w_block| (typically
+// ~1e-3 relative); float weights stay f32 throughout.
+// Weight bytes need no alignment. Thread-safety: concurrent calls from
+// different threads, each with its own pool, are safe (scratch memory is
+// thread-local); steady-state calls do not allocate.
 void Matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, int64_t ldy,
             ThreadPool& pool);
 
