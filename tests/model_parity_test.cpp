@@ -26,11 +26,13 @@ struct ParityCase {
   int heads, kv_heads, head_dim;
   bool tied;
   double tol;  // max |Δlogit| allowed, relative to the reference logits' std
+  std::string extra = "";  // more make_model.py flags
+  std::string tag = "";
 };
 
 std::string Name(const ParityCase& c) {
   std::string n = c.arch + "_" + c.type + "_h" + std::to_string(c.heads) + "kv" + std::to_string(c.kv_heads) + "d" +
-                  std::to_string(c.head_dim) + (c.tied ? "_tied" : "");
+                  std::to_string(c.head_dim) + (c.tied ? "_tied" : "") + c.tag;
   return n;
 }
 
@@ -48,7 +50,7 @@ std::string MakeModel(const ParityCase& c) {
   cmd << Python() << " " << SourceDir() << "/tools/synth/make_model.py --arch " << c.arch
       << " --dim 256 --layers 2 --heads " << c.heads << " --kv-heads " << c.kv_heads << " --head-dim " << c.head_dim
       << " --ffn 512 --vocab-size 384 --ctx 1024 --type " << c.type << " --seed 7 " << (c.tied ? "--tied" : "--untied")
-      << " -o " << path << ".tmp && mv " << path << ".tmp " << path;
+      << " " << c.extra << " -o " << path << ".tmp && mv " << path << ".tmp " << path;
   auto r = RunCommand(cmd.str());
   EXPECT_EQ(r.exit_code, 0) << r.output;
   return path;
@@ -153,6 +155,11 @@ const ParityCase kCases[] = {
     {"qwen3", "f32", 4, 2, 64, false, 2e-3},  {"qwen3", "bf16", 4, 2, 64, false, 2e-3},
     {"qwen3", "q8_0", 4, 2, 64, false, 0.15}, {"qwen3", "q5_k", 4, 2, 64, true, 0.15},
     {"qwen3", "q4_0", 2, 1, 128, false, 0.15},
+    // Llama 3.1 RoPE scaling, from the rope_freqs tensor and from metadata;
+    // a small theta and long positions make the scaled frequencies matter.
+    {"llama", "f32", 4, 2, 64, true, 2e-3, "--llama3-rope-scaling --rope-theta 500 --rope-scaling-factor 8", "_llama3_tensor"},
+    {"llama", "f32", 4, 2, 64, true, 2e-3,
+     "--llama3-rope-scaling --no-rope-freqs-tensor --rope-theta 500 --rope-scaling-factor 8", "_llama3_keys"},
 };
 
 INSTANTIATE_TEST_SUITE_P(AllArchsAndTypes, ModelParityTest, ::testing::ValuesIn(kCases),

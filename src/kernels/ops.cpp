@@ -114,13 +114,16 @@ void AddBias(float* y, const float* b, int64_t n) {
 
 Rope::Rope(const RopeConfig& config) : config_(config) {
   assert(config.n_rot > 0 && config.n_rot % 2 == 0);
+  assert(config.freq_factors.empty() || config.freq_factors.size() == static_cast<size_t>(config.n_rot / 2));
   const int half = config.n_rot / 2;
   inv_freq_.resize(static_cast<size_t>(half));
   inv_freq_f64_.resize(static_cast<size_t>(half));
   const double kPi = 3.14159265358979323846;
   for (int i = 0; i < half; ++i) {
     double freq = std::pow(static_cast<double>(config.theta), -2.0 * i / config.n_rot);
-    if (config.llama3_factor > 0.0f) {
+    if (!config.freq_factors.empty()) {
+      freq /= static_cast<double>(config.freq_factors[static_cast<size_t>(i)]);
+    } else if (config.llama3_factor > 0.0f) {
       // Llama 3.1: keep high frequencies, divide low ones by the factor, and
       // interpolate smoothly between the two wavelength thresholds.
       const double factor = config.llama3_factor;

@@ -36,6 +36,10 @@ struct RopeConfig {
   float llama3_low_freq_factor = 1.0f;
   float llama3_high_freq_factor = 4.0f;
   int llama3_original_context = 8192;
+  // Per-frequency divisors (n_rot/2 entries), as llama.cpp's rope_freqs
+  // tensor carries them for Llama 3.1 files; empty: none. Applied instead of
+  // the llama3 formula, which they encode.
+  std::vector<float> freq_factors;
 };
 
 // Precomputed inverse frequencies of one RopeConfig.

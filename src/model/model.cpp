@@ -121,7 +121,6 @@ Status Model::BindWeights() {
       if (!(f > 0)) return Status::InvalidArgument("rope_freqs.weight has a non-positive factor");
     }
     c.rope.llama3_factor = 0.0f;
-    return Status::Unsupported("rope_freqs.weight (per-frequency RoPE factors) is not supported yet");
   }
   layers_.resize(static_cast<size_t>(c.n_layers));
   for (int l = 0; l < c.n_layers; ++l) {
@@ -194,7 +193,7 @@ std::string Model::weight_type_summary() const {
 
 ForwardContext::ForwardContext(const Model& model, int n_threads) : model_(model), pool_(n_threads) {
   RopeConfig rc = model.config().rope;
-  // TODO(rope_freqs): pass model.rope_freq_factors_ once RopeConfig carries them.
+  rc.freq_factors = model.rope_freq_factors_;
   rope_ = std::make_unique<Rope>(rc);
 }
 
