@@ -138,6 +138,7 @@ void RegisterAll() {
         ->Args({1024, 2816, 7})
         ->Args({1024, 2816, 8})
         ->Args({1024, 2816, 16})
+        ->Args({1024, 2816, 32})
         ->UseRealTime()
         ->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark(("Gemm/" + name).c_str(), [t](benchmark::State& s) { RunMatmul(s, t, false); })
