@@ -32,6 +32,9 @@ void ThreadPool::WorkerLoop(int index) {
     uint64_t gen;
     while ((gen = generation_.load(std::memory_order_acquire)) == seen) {
       if (++spins < kSpinIterations) {
+        // Yield now and then: when cores are oversubscribed the thread that
+        // will publish work may be waiting for this core.
+        if ((spins & 1023) == 0) std::this_thread::yield();
         _mm_pause();
         continue;
       }
@@ -62,7 +65,15 @@ void ThreadPool::Run(const std::function<void(int)>& fn) {
   }
   if (sleepers_.load() > 0) cv_.notify_all();
   fn(0);
-  while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+  // On an oversubscribed machine a worker may be descheduled; after a short
+  // spin, yield so it can run on this core instead of burning the slice.
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < 2000) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
   job_ = nullptr;
 }
 
