@@ -55,6 +55,7 @@ TEST(KvVirtualTest, DeferredReclamationReusesPagesAndReclaimsIdleSlots) {
   // The next sequence gets the warm slot and needs no mapping call.
   const int b = c.AcquireSlot();
   EXPECT_EQ(b, a);
+  EXPECT_EQ(c.BackedPositions(b), 4);
   const uint64_t maps = c.stats().page_maps;
   ASSERT_TRUE(c.Reserve(b, 4).ok());
   EXPECT_EQ(c.stats().page_maps, maps);

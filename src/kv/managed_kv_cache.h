@@ -48,6 +48,9 @@ class ManagedKvCache : public KvCache {
   virtual int64_t AvailablePositions() const = 0;
   // Allocation granularity in positions (a block, or one page per plane).
   virtual int64_t granule_positions() const = 0;
+  // Positions `seq` can hold without allocating (its blocks, or the pages
+  // its slot still has mapped from an earlier sequence).
+  virtual int64_t BackedPositions(int seq) const = 0;
 
   // Prefix caching. Attaches the cached KV of the longest block-aligned
   // prefix of `tokens` (never more than max_positions of it) to the empty

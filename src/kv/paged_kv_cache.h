@@ -71,6 +71,9 @@ class PagedKvCache final : public ManagedKvCache {
   int AcquireSlot() override;
   int64_t AvailablePositions() const override;
   int64_t granule_positions() const override { return o_.block_size; }
+  int64_t BackedPositions(int seq) const override {
+    return static_cast<int64_t>(seqs_[static_cast<size_t>(seq)].table.size()) * o_.block_size;
+  }
   int64_t AttachCachedPrefix(int seq, std::span<const TokenId> tokens, const std::string& cache_salt,
                              int64_t max_positions) override;
   void PublishPrefix(int seq, std::span<const TokenId> tokens) override;

@@ -172,13 +172,17 @@ Status VirtualKvCache::Reserve(int seq, int64_t n_positions) {
   return Status::Ok();
 }
 
+int64_t VirtualKvCache::BackedPositions(int seq) const {
+  return static_cast<int64_t>(static_cast<size_t>(slots_[static_cast<size_t>(seq)].mapped) * page_ / row_bytes_);
+}
+
 KvLayerView VirtualKvCache::View(int seq, int layer) {
   const Slot& s = slots_[static_cast<size_t>(seq)];
   KvLayerView v;
   v.k = reinterpret_cast<fp16_t*>(Plane(s, 2 * layer));
   v.v = reinterpret_cast<fp16_t*>(Plane(s, 2 * layer + 1));
   v.stride = o_.kv_dim;
-  v.capacity = static_cast<int64_t>(static_cast<size_t>(s.mapped) * page_ / row_bytes_);
+  v.capacity = BackedPositions(seq);
   return v;
 }
 

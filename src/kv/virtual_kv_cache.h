@@ -56,6 +56,7 @@ class VirtualKvCache final : public ManagedKvCache {
   int AcquireSlot() override;
   int64_t AvailablePositions() const override;
   int64_t granule_positions() const override;
+  int64_t BackedPositions(int seq) const override;
   void Trim() override;
   KvMemoryStats stats() const override;
   const char* kind() const override { return "virtual"; }
