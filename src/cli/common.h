@@ -67,5 +67,6 @@ void RegisterPerplexity(CLI::App& app);
 void RegisterBench(CLI::App& app);
 void RegisterTokenize(CLI::App& app);
 void RegisterInfo(CLI::App& app);
+void RegisterServe(CLI::App& app);
 
 }  // namespace strata::cli

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   strata::cli::RegisterBench(app);
   strata::cli::RegisterTokenize(app);
   strata::cli::RegisterInfo(app);
+  strata::cli::RegisterServe(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
