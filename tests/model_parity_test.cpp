@@ -36,6 +36,9 @@ std::string Name(const ParityCase& c) {
   return n;
 }
 
+// Test logs name the case instead of dumping its bytes.
+void PrintTo(const ParityCase& c, std::ostream* os) { *os << Name(c); }
+
 std::string Join(const std::vector<TokenId>& v) {
   std::string s;
   for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
