@@ -6,8 +6,6 @@
 #include <filesystem>
 #include <thread>
 
-#include <xxhash.h>
-
 #include "cli/common.h"
 #include "engine/scheduler.h"
 #include "kv/paged_kv_cache.h"
@@ -31,27 +29,6 @@ struct ServeFlags {
   int64_t step_tokens = 256;
   double max_body_mib = 1;
 };
-
-// Prefix-cache keys include this so KV never crosses models. Hashing the
-// metadata, tensor table and the first and last MiB of weights is cheap and
-// tells apart any two files worth telling apart.
-std::string ModelFingerprint(const Model& m) {
-  auto bytes = m.gguf().bytes();
-  const size_t head = std::min(bytes.size(), m.gguf().data_offset() + (size_t{1} << 20));
-  XXH3_state_t* st = XXH3_createState();
-  XXH3_128bits_reset(st);
-  XXH3_128bits_update(st, bytes.data(), head);
-  const size_t tail = std::min(bytes.size() - head, size_t{1} << 20);
-  XXH3_128bits_update(st, bytes.data() + bytes.size() - tail, tail);
-  const uint64_t size = bytes.size();
-  XXH3_128bits_update(st, &size, sizeof size);
-  const XXH128_hash_t h = XXH3_128bits_digest(st);
-  XXH3_freeState(st);
-  char buf[33];
-  std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(h.high64),
-                static_cast<unsigned long long>(h.low64));
-  return buf;
-}
 
 int RunServe(ServeFlags f) {
   // Signals are taken by a thread that stops the server cleanly.
@@ -91,7 +68,8 @@ int RunServe(ServeFlags f) {
     o.block_size = f.block_size;
     o.budget_bytes = budget;
     o.prefix_caching = !f.no_prefix_cache;
-    o.model_fingerprint = ModelFingerprint(m);
+    // Prefix-cache keys include it, so cached KV never crosses models.
+    o.model_fingerprint = m.fingerprint();
     auto p = PagedKvCache::Create(o);
     if (!p.ok()) return Fail(p.status());
     kv = std::move(*p);
