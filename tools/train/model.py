@@ -161,3 +161,24 @@ def load_checkpoint(path, map_location="cpu"):
     m = Transformer(c)
     m.load_state_dict(ck["model"])
     return m, ck
+
+
+def load_gguf(path):
+    """A Transformer from a GGUF written by export_gguf.py (F16/Q8_0/F32 weights, dequantized to fp32).
+    Lets a new training run warm-start from the shipped model (train.py --init-gguf)."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "py"))
+    import gguf
+    from export_gguf import tensor_map
+    r = gguf.GGUFReader(path)
+    kv = r.kv
+    c = Config(vocab_size=int(kv["llama.vocab_size"]) if "llama.vocab_size" in kv else len(kv["tokenizer.ggml.tokens"]),
+               dim=int(kv["llama.embedding_length"]), n_layers=int(kv["llama.block_count"]),
+               n_heads=int(kv["llama.attention.head_count"]), n_kv_heads=int(kv["llama.attention.head_count_kv"]),
+               ffn_dim=int(kv["llama.feed_forward_length"]), norm_eps=round(float(kv["llama.attention.layer_norm_rms_epsilon"]), 9),
+               rope_theta=float(kv["llama.rope.freq_base"]), context_length=int(kv["llama.context_length"]))
+    m = Transformer(c)
+    sd = {key: torch.from_numpy(r.tensors[name].to_float().copy()) for name, key in tensor_map(None, c.n_layers)}
+    m.load_state_dict(sd)
+    return m

@@ -122,6 +122,8 @@ def main():
     ap.add_argument("--ckpt-every-min", type=float, default=5)
     ap.add_argument("--eval-every-min", type=float, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-gguf", help="start a new run from these weights (e.g. models/strata-default.gguf); "
+                    "shape flags are taken from the file")
     args = ap.parse_args()
     assert args.total_tokens > 0 or args.time_budget_min > 0, "give --total-tokens or --time-budget-min"
     torch.set_num_threads(args.threads)
@@ -138,6 +140,11 @@ def main():
                  n_kv_heads=args.n_kv_heads, ffn_dim=args.ffn_dim, context_length=args.context)
     torch.manual_seed(args.seed)
     model = Transformer(cfg)
+    if args.init_gguf and not os.path.exists(ckpt_path):
+        from model import load_gguf
+        model = load_gguf(args.init_gguf)
+        cfg = model.c
+        print("initialized from", args.init_gguf, flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd},
