@@ -202,6 +202,10 @@ Status OpenAiServer::Serve() {
 }
 
 void OpenAiServer::Stop() {
+  // The scheduler first: it finishes every outstanding request (cancelled),
+  // which wakes handlers blocked on non-streaming requests, so the HTTP
+  // thread pool can join.
+  sched_.Stop();
   if (http_) http_->stop();
 }
 

@@ -64,6 +64,8 @@ class OpenAiServer {
   Expected<int> Bind();
   // Serves until Stop(); REQUIRES: Bind() succeeded.
   Status Serve();
+  // Stops the scheduler (outstanding requests end as cancelled), then the
+  // HTTP server. Safe from any thread.
   void Stop();
 
   // The body of /metrics.
