@@ -41,7 +41,10 @@ void PrintTo(const ParityCase& c, std::ostream* os) { *os << Name(c); }
 
 std::string Join(const std::vector<TokenId>& v) {
   std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(v[i]);
+  }
   return s;
 }
 
@@ -139,7 +142,9 @@ TEST_P(ModelParityTest, LogitsAndGreedyMatchReference) {
     ++mismatches;
     EXPECT_LT(std::fabs(double(b[ib]) - b[ia]), 2 * max_diff) << "position " << t << ": engine " << ia << ", reference " << ib;
   }
-  if (c.tol < 0.01) EXPECT_EQ(mismatches, 0);
+  if (c.tol < 0.01) {
+    EXPECT_EQ(mismatches, 0);
+  }
 }
 
 // Float weights are computed exactly in fp32; quantized weights meet int8
