@@ -56,7 +56,7 @@ std::string MakeModel(const ParityCase& c) {
   cmd << Python() << " " << SourceDir() << "/tools/synth/make_model.py --arch " << c.arch
       << " --dim 256 --layers 2 --heads " << c.heads << " --kv-heads " << c.kv_heads << " --head-dim " << c.head_dim
       << " --ffn 512 --vocab-size 384 --ctx 1024 --type " << c.type << " --seed 7 " << (c.tied ? "--tied" : "--untied")
-      << " " << c.extra << " -o " << path << ".tmp && mv " << path << ".tmp " << path;
+      << " " << c.extra << " -o " << testing::TempBeside(path) << " && mv " << testing::TempBeside(path) << " " << path;
   auto r = RunCommand(cmd.str());
   EXPECT_EQ(r.exit_code, 0) << r.output;
   return path;

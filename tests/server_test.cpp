@@ -7,7 +7,6 @@
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <thread>
 
 #include "test_util.h"
@@ -26,7 +25,7 @@ std::string ServeModel() {
   if (!std::filesystem::exists(path)) {
     auto r = RunCommand(Python() + " " + SourceDir() + "/tools/synth/make_model.py --arch llama --dim 256 --layers 2"
                         " --heads 4 --kv-heads 2 --head-dim 64 --ffn 512 --vocab-size 300 --ctx 512 --type f32 --seed 3 -o " +
-                        path + ".tmp && mv " + path + ".tmp " + path);
+                        testing::TempBeside(path) + " && mv " + testing::TempBeside(path) + " " + path);
     EXPECT_EQ(r.exit_code, 0) << r.output;
   }
   return path;
@@ -45,12 +44,11 @@ class ServerProcess {
     log_ = dir_ + "/server.log";
     auto r = RunCommand(StrataBin() + " serve -m " + ServeModel() + " --port 0 -t 2 " + sizes + " " + extra_flags + " > " + log_ + " 2>&1 & echo $!");
     pid_ = std::atoi(r.output.c_str());
-    const std::regex re("listening on http://127\\.0\\.0\\.1:([0-9]+)");
+    const std::string marker = "listening on http://127.0.0.1:";
     for (int i = 0; i < 600 && port_ == 0; ++i) {
-      std::ifstream in(log_);
-      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      std::smatch m;
-      if (std::regex_search(text, m, re)) port_ = std::stoi(m[1]);
+      const std::string text = log();
+      const size_t at = text.find(marker);
+      if (at != std::string::npos) port_ = std::atoi(text.c_str() + at + marker.size());
       else std::this_thread::sleep_for(std::chrono::milliseconds(100));
       if (::kill(pid_, 0) != 0) break;
     }
@@ -85,10 +83,9 @@ class ServerProcess {
   // Gauges from /metrics.
   double Metric(const std::string& name) {
     auto r = Request("GET", "/metrics");
-    const std::regex re("\n" + name + " ([0-9.e+-]+)");
-    std::smatch m;
-    if (!std::regex_search(r.body, m, re)) return -1;
-    return std::stod(m[1]);
+    const size_t at = r.body.find("\n" + name + " ");
+    if (at == std::string::npos) return -1;
+    return std::strtod(r.body.c_str() + at + name.size() + 2, nullptr);
   }
   // Waits until no sequence holds KV (cancellations land at the next step).
   bool KvBackToZero() {

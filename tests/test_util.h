@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <unistd.h>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -49,6 +50,10 @@ inline CommandResult RunCommand(const std::string& cmd, bool merge_stderr = true
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
 }
+
+// A temporary name beside `path` unique to this process: ctest runs test
+// processes in parallel, and two of them may build the same cached file.
+inline std::string TempBeside(const std::string& path) { return path + ".tmp" + std::to_string(getpid()); }
 
 inline std::string SharedModel(const std::string& name) {
   const std::string path = SourceDir() + "/../shared/models/" + name;
