@@ -35,7 +35,7 @@ test-asan:
 test-fuzz:
 	@CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSTRATA_FUZZ=ON \
 	  -DSTRATA_SANITIZE=ON -DSTRATA_TESTS=OFF -DCMAKE_CXX_FLAGS="-O1" >/dev/null
-	@cmake --build $(FUZZ_BUILD) -j$(JOBS)
+	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzzers
 	scripts/run_fuzzers.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 clean:
