@@ -57,7 +57,17 @@ class ServerProcess {
     if (pid_ > 0) {
       ::kill(pid_, SIGTERM);
       for (int i = 0; i < 100 && ::kill(pid_, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      if (::kill(pid_, 0) == 0) ::kill(pid_, SIGKILL);
+      if (::kill(pid_, 0) == 0) {
+        ::kill(pid_, SIGKILL);
+        ADD_FAILURE() << "strata serve did not exit on SIGTERM";
+      }
+    }
+    // Sanitizer reports (leaks at exit included) land in the server's log.
+    const std::string text = log();
+    if (text.find("Sanitizer") != std::string::npos || text.find("runtime error") != std::string::npos) {
+      ADD_FAILURE() << text;
+    } else {
+      std::filesystem::remove_all(dir_);
     }
   }
   bool ok() const { return port_ > 0; }
