@@ -19,14 +19,9 @@ using testing::SourceDir;
 using testing::StrataBin;
 
 std::string TinyModel(const std::string& type = "f32", const std::string& arch = "llama") {
-  const std::string path = testing::TestDataDir("model") + "/tiny_" + arch + "_" + type + ".gguf";
-  if (!std::filesystem::exists(path)) {
-    auto r = RunCommand(Python() + " " + SourceDir() + "/tools/synth/make_model.py --arch " + arch +
-                        " --dim 256 --layers 2 --heads 4 --kv-heads 2 --head-dim 64 --ffn 512 --vocab-size 300 --ctx 256"
-                        " --seed 3 --type " + type + " -o " + testing::TempBeside(path) + " && mv " + testing::TempBeside(path) + " " + path);
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-  }
-  return path;
+  return testing::SynthModel("model", "tiny_" + arch + "_" + type,
+                             "--arch " + arch + " --dim 256 --layers 2 --heads 4 --kv-heads 2 --head-dim 64 --ffn 512"
+                             " --vocab-size 300 --ctx 256 --seed 3 --type " + type);
 }
 
 TEST(ModelTest, StoriesGreedyContinuationIsKnown) {

@@ -19,16 +19,7 @@ using testing::Python;
 using testing::RunCommand;
 using testing::SourceDir;
 
-std::string ServeModel() {
-  const std::string path = testing::TestDataDir("serve") + "/tiny_llama_f32.gguf";
-  if (!std::filesystem::exists(path)) {
-    auto r = RunCommand(Python() + " " + SourceDir() + "/tools/synth/make_model.py --arch llama --dim 256 --layers 2"
-                        " --heads 4 --kv-heads 2 --head-dim 64 --ffn 512 --vocab-size 300 --ctx 512 --type f32 --seed 3 -o " +
-                        testing::TempBeside(path) + " && mv " + testing::TempBeside(path) + " " + path);
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-  }
-  return path;
-}
+std::string ServeModel() { return testing::TinyLlama("serve"); }
 
 const Model& TheModel() {
   static std::unique_ptr<Model> model = [] {

@@ -55,6 +55,27 @@ inline CommandResult RunCommand(const std::string& cmd, bool merge_stderr = true
 // processes in parallel, and two of them may build the same cached file.
 inline std::string TempBeside(const std::string& path) { return path + ".tmp" + std::to_string(getpid()); }
 
+// A synthetic model made by tools/synth/make_model.py with `flags`, cached
+// in the build tree as testdata/<sub>/<name>.gguf (deterministic given flags).
+inline std::string SynthModel(const std::string& sub, const std::string& name, const std::string& flags) {
+  const std::string path = TestDataDir(sub) + "/" + name + ".gguf";
+  if (!std::filesystem::exists(path)) {
+    const std::string tmp = TempBeside(path);
+    auto r = RunCommand(Python() + " " + SourceDir() + "/tools/synth/make_model.py " + flags + " -o " + tmp +
+                        " && mv " + tmp + " " + path);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+  }
+  return path;
+}
+
+// The small llama model the serving tests use: 2 layers, dim 256, GQA 4/2,
+// context 512. Its file name is the model id the server reports.
+inline std::string TinyLlama(const std::string& sub) {
+  return SynthModel(sub, "tiny_llama_f32",
+                    "--arch llama --dim 256 --layers 2 --heads 4 --kv-heads 2 --head-dim 64 --ffn 512 "
+                    "--vocab-size 300 --type f32 --seed 3 --ctx 512");
+}
+
 inline std::string SharedModel(const std::string& name) {
   const std::string path = SourceDir() + "/../shared/models/" + name;
   return std::filesystem::exists(path) ? path : "";
