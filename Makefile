@@ -18,7 +18,7 @@ build: setup
 	@cmake --build $(BUILD) -j$(JOBS)
 
 run: build
-	$(BUILD)/strata generate -m $(MODEL) -p "Once upon a time" -n 64
+	$(BUILD)/strata generate -m $(MODEL) -p "It is a truth universally acknowledged" -n 64 --temp 0.7 --seed 7 --repeat-penalty 1.1
 
 test: build
 	@$(MAKE) --no-print-directory test-release test-asan test-fuzz
