@@ -1,0 +1,106 @@
+// The KV chunk format: one encoded chunk of KV, the unit every tier stores
+// and the prefill->decode transfer sends. Documented byte by byte in
+// docs/KV_CHUNK_FORMAT.md.
+//
+// Layout: a fixed little-endian header (magic "SKVC", format version, model
+// fingerprint, chunk key, KV format name, layers, KV heads, head dim, dtype,
+// codec, token count, first position, header checksum), the chunk's token
+// ids, a per-layer section table (offset, encoded size, decoded size,
+// checksum), then one section per layer holding that layer's K rows then V
+// rows, each section compressed on its own. Sections are independent so a
+// loader can decode layer l while the forward pass computes layer l-1.
+//
+// dtype f16: rows copied bit-exactly. dtype int8 (lossy, for cold tiers):
+// each (token, K or V, KV head) row of head_dim values is stored as int8 with
+// one fp16 scale (absmax / 127).
+//
+// A reader never trusts a chunk: header checksum, every field against what
+// the caller expects (fingerprint, key, layout, tokens), section bounds and
+// checksums (xxh3-64) are all checked, and any mismatch is kCorrupt with a
+// message that says which.
+//
+// Thread-safety: free functions are thread-safe; a ChunkReader is used by
+// one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/status.h"
+#include "cache/chunk_key.h"
+#include "cache/tier.h"
+#include "model/kv_memory.h"
+
+namespace strata {
+
+inline constexpr uint32_t kChunkMagic = 0x43564B53;  // "SKVC" little-endian
+inline constexpr uint16_t kChunkFormatVersion = 1;
+
+enum class ChunkCodec : uint8_t { kRaw = 0, kZstd = 1, kLz4 = 2 };
+enum class ChunkDType : uint8_t { kF16 = 0, kInt8 = 1 };
+
+// "raw"|"zstd"|"lz4", "f16"|"int8".
+Expected<ChunkCodec> ParseChunkCodec(std::string_view name);
+Expected<ChunkDType> ParseChunkDType(std::string_view name);
+std::string_view ChunkCodecName(ChunkCodec c);
+std::string_view ChunkDTypeName(ChunkDType d);
+
+struct ChunkEncoding {
+  ChunkCodec codec = ChunkCodec::kRaw;
+  ChunkDType dtype = ChunkDType::kF16;
+  int zstd_level = 1;
+  bool operator==(const ChunkEncoding&) const = default;
+};
+
+// What a chunk describes, and what a reader insists on.
+struct ChunkMeta {
+  ChunkKey key;
+  std::string model_fingerprint;  // 32 hex digits (Model::fingerprint())
+  std::string kv_format;          // e.g. "f16", at most 15 bytes
+  int n_layers = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int64_t first_position = 0;     // original position of the chunk's first token
+  std::vector<TokenId> tokens;    // the chunk's token ids (token count = tokens.size())
+};
+
+// Encodes rows [meta.first_position, + tokens.size()) of every layer of
+// sequence `seq` of `kv`. REQUIRES: those rows were written.
+Expected<ChunkBlob> EncodeChunk(const ChunkMeta& meta, KvCache& kv, int seq, const ChunkEncoding& enc);
+
+// Re-encodes a verified chunk with another encoding (demotion to a colder tier).
+Expected<ChunkBlob> TranscodeChunk(const ChunkBlob& blob, const ChunkMeta& expect, const ChunkEncoding& enc);
+
+class ChunkReader {
+ public:
+  // Parses and verifies the header, tokens and section table against
+  // `expect` (all fields, including every token). Cheap: no section is
+  // decompressed yet.
+  static Expected<ChunkReader> Open(ChunkBlob blob, const ChunkMeta& expect);
+
+  ChunkEncoding encoding() const { return enc_; }
+  int64_t token_count() const { return token_count_; }
+  int64_t first_position() const { return first_position_; }
+
+  // Decodes layer `layer` into dst rows [first_position + skip, first_position
+  // + token_count): rows before `skip` are left untouched (they may belong to
+  // KV the engine already holds). Verifies the section checksum first.
+  Status DecodeLayer(int layer, const KvLayerView& dst, int64_t skip = 0);
+
+ private:
+  ChunkBlob blob_;
+  ChunkEncoding enc_;
+  int n_layers_ = 0;
+  int64_t kv_dim_ = 0;
+  int head_dim_ = 0;
+  int64_t token_count_ = 0;
+  int64_t first_position_ = 0;
+  struct Section { uint64_t offset, encoded_bytes, decoded_bytes, checksum; };
+  std::vector<Section> sections_;
+  std::vector<uint8_t> scratch_;
+};
+
+}  // namespace strata
