@@ -6,7 +6,10 @@ Sources (install with apt-get; see tools/train/README.md):
   r-cran-janeaustenr  Jane Austen's six novels (R data, read via Rscript)  public domain texts, MIT package
   jargon-text         The Jargon File 4.4.7 (plain text)                   public domain
   fortunes           fortune-mod quotation files (selected, clean ones)   BSD fortune-mod; quotations
-  linux-doc-6.1       Linux kernel documentation .rst (selected dirs, capped) GPL-2.0
+  linux-doc-6.1       Linux kernel documentation .rst (all dirs, capped)   GPL-2.0
+  dict-gcide          GCIDE dictionary (dictd format; entries cleaned, capped) GPL-2.0+
+  wordnet-base        WordNet 3.0 synsets as "words: gloss" lines          WordNet 3.0 license
+  dict-foldoc         Free On-line Dictionary of Computing (dictd format)  GFDL-1.1+
 
 Every document is normalized (NFC, ASCII quotes, right-stripped lines, wrapped prose
 joined into one line per paragraph), exact-deduplicated (document and, for fortunes,
@@ -39,6 +42,9 @@ SOURCES = {
     "jargon": ("jargon-text", "Public domain (Jargon File 4.4.7)"),
     "fortunes": ("fortunes", "BSD (fortune-mod); quotations of various origin"),
     "kerneldoc": ("linux-doc-6.1", "GPL-2.0 (Linux kernel documentation)"),
+    "gcide": ("dict-gcide", "GPL-2.0+ (GCIDE; mostly Webster's 1913, public domain)"),
+    "wordnet": ("wordnet-base", "WordNet 3.0 license (Princeton; permissive, BSD-like)"),
+    "foldoc": ("dict-foldoc", "GFDL-1.1+ (Free On-line Dictionary of Computing)"),
 }
 
 _QUOTES = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u00a0": " ",
@@ -192,13 +198,19 @@ KERNEL_DIRS = ["admin-guide", "process", "kernel-hacking", "filesystems", "core-
                "scheduler", "locking", "dev-tools", "doc-guide", "block", "timers", "power"]
 
 
-def kernel_docs(cap_chars):
+def kernel_docs(cap_chars, all_dirs=True):
     root = "/usr/share/doc/linux-doc-6.1/Documentation/"
     files = []
     for d in KERNEL_DIRS:
         files += sorted(glob.glob(root + d + "/**/*.rst.gz", recursive=True))
-    # deterministic interleave by hash so the cap samples all dirs
-    files.sort(key=lambda f: hashlib.sha1(f.encode()).hexdigest())
+    if all_dirs:  # then the rest of Documentation/ (translations excluded: English only)
+        rest = sorted(set(glob.glob(root + "**/*.rst.gz", recursive=True)) - set(files))
+        rest = [f for f in rest if not f[len(root):].startswith("translations/")]
+        rest.sort(key=lambda f: hashlib.sha1(f.encode()).hexdigest())
+        files.sort(key=lambda f: hashlib.sha1(f.encode()).hexdigest())
+        files += rest
+    else:
+        files.sort(key=lambda f: hashlib.sha1(f.encode()).hexdigest())
     docs, total = [], 0
     for f in files:
         t = gzip.open(f, "rt", encoding="utf-8", errors="replace").read()
@@ -213,6 +225,92 @@ def kernel_docs(cap_chars):
     return docs
 
 
+# --- dictd dictionaries (GCIDE, FOLDOC) -----------------------------------------------
+def _dictd_entries(path):
+    """Entries of a dictd .dict.dz (gzip-compatible): blocks starting at an unindented line."""
+    text = gzip.open(path, "rt", encoding="utf-8", errors="replace").read()
+    entries, cur = [], []
+    for line in text.split("\n"):
+        if line and not line[0].isspace() and (not cur or cur[-1].strip() == ""):
+            if cur:
+                entries.append("\n".join(cur))
+            cur = [line]
+        else:
+            cur.append(line)
+    if cur:
+        entries.append("\n".join(cur))
+    # drop dictd's own header entries (00-database-*)
+    return [e for e in entries if not e.startswith("00") and "00-database" not in e[:40]]
+
+
+def _clean_dict_entry(e, gcide):
+    e = e.replace("\r", "")
+    if gcide:
+        e = re.sub(r"\\[^\\\n]{0,80}\\", "", e)             # \Pro*nun"ci*a`tion\ markup
+        e = re.sub(r"^\s*\[(?:1913 Webster|Webster 1913 Suppl\.|WordNet 1\.5|PJC|[A-Z][^\]]{0,30})\]\s*$", "",
+                   e, flags=re.M)                           # source tags on their own line
+    if gcide:
+        e = re.sub(r" ?\((?=[^()\n]*\[[a-zA-Z]*[=^~`.:\-])[^()\n]{1,60}\)", "", e)  # (pro*nun"ci[=a]tion)
+        e = re.sub(r'\[(?:[=^~`:\'"]([a-zA-Z]{1,2})|([a-zA-Z]{1,2})[=^~`:\'"])\]', r"\1\2", e)   # [=o] [e^] diacritics
+    e = re.sub(r"\{([^{}]*)\}", r"\1", e)                   # {cross references}
+    e = re.sub(r"\{([^{}]*)\}", r"\1", e)
+    e = re.sub(r" {2,}", " ", e)
+    e = normalize(join_paragraphs(e))
+    e = re.sub(r" ,", ",", e)
+    return e
+
+
+def dict_docs(source, path, cap_chars, group=60):
+    gcide = source == "gcide"
+    entries = []
+    for e in _dictd_entries(path):
+        e = _clean_dict_entry(e, gcide)
+        if len(e) >= 30:
+            entries.append(e)
+    # documents of `group` consecutive entries (alphabetical context); capped by a hash sample of docs
+    docs = []
+    for i in range(0, len(entries), group):
+        docs.append((source, "%s#%d" % (source, i // group), "\n\n".join(entries[i:i + group])))
+    docs.sort(key=lambda d: hashlib.sha1(d[1].encode()).hexdigest())
+    out, total = [], 0
+    for d in docs:
+        if total > cap_chars:
+            break
+        out.append(d)
+        total += len(d[2])
+    return out
+
+
+# --- WordNet glosses -----------------------------------------------------------------
+def wordnet_docs(cap_chars, group=200):
+    pos_name = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
+    lines = []
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in open("/usr/share/wordnet/data." + pos, encoding="utf-8", errors="replace"):
+            if line.startswith("  ") or "|" not in line:
+                continue  # license header
+            head, _, gloss = line.partition("|")
+            f = head.split()
+            ss_type, w_cnt = f[2], int(f[3], 16)
+            words = [f[4 + 2 * k].replace("_", " ") for k in range(w_cnt)]
+            words = [re.sub(r"\([a-z]+\)$", "", w) for w in words]  # adjective markers like (a)
+            gloss = gloss.strip()
+            if not gloss:
+                continue
+            lines.append("%s (%s): %s" % (", ".join(words), pos_name.get(ss_type, ss_type), gloss))
+    docs = []
+    for i in range(0, len(lines), group):
+        docs.append(("wordnet", "wordnet#%d" % (i // group), normalize("\n".join(lines[i:i + group]))))
+    docs.sort(key=lambda d: hashlib.sha1(d[1].encode()).hexdigest())
+    out, total = [], 0
+    for d in docs:
+        if total > cap_chars:
+            break
+        out.append(d)
+        total += len(d[2])
+    return out
+
+
 def split_of(text):
     h = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 100
     return "val" if h < 2 else ("test" if h < 4 else "train")
@@ -221,13 +319,20 @@ def split_of(text):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(HERE, "work", "corpus"))
-    ap.add_argument("--kernel-cap", type=int, default=3_000_000, help="chars of kernel docs")
+    ap.add_argument("--kernel-cap", type=int, default=18_000_000, help="chars of kernel docs")
+    ap.add_argument("--gcide-cap", type=int, default=18_000_000, help="chars of GCIDE entries")
+    ap.add_argument("--wordnet-cap", type=int, default=10_000_000, help="chars of WordNet glosses")
+    ap.add_argument("--foldoc-cap", type=int, default=8_000_000, help="chars of FOLDOC entries")
+    ap.add_argument("--v0", action="store_true", help="only the 5 sources of model version 0 (kernel cap 3M)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     all_docs = []
     for name, fn in [("bible", bible_docs), ("austen", lambda: austen_docs(args.out)),
                      ("jargon", jargon_docs), ("fortunes", fortune_docs),
-                     ("kerneldoc", lambda: kernel_docs(args.kernel_cap))]:
+                     ("kerneldoc", lambda: kernel_docs(3_000_000, False) if args.v0 else kernel_docs(args.kernel_cap)),
+                     ("gcide", lambda: [] if args.v0 else dict_docs("gcide", "/usr/share/dictd/gcide.dict.dz", args.gcide_cap)),
+                     ("wordnet", lambda: [] if args.v0 else wordnet_docs(args.wordnet_cap)),
+                     ("foldoc", lambda: [] if args.v0 else dict_docs("foldoc", "/usr/share/dictd/foldoc.dict.dz", args.foldoc_cap))]:
         d = fn()
         print("%-10s %5d docs %9d chars" % (name, len(d), sum(len(x[2]) for x in d)), file=sys.stderr)
         all_docs += d
@@ -266,7 +371,10 @@ def main():
                 "hard-wrapped prose (Austen, Jargon File) joined to one line per paragraph, OSIS markup and "
                 "footnotes stripped from the Bible (one document per chapter), fortunes deduplicated per entry "
                 "and grouped 40 per document (files art, ascii-art, drugs, ethnic, men-women, translate-me "
-                "excluded), kernel docs from %s capped by size.\n" % ", ".join(KERNEL_DIRS))
+                "excluded), kernel docs (English, translations/ excluded) from %s first, then the rest of Documentation/, "
+                "capped by size; GCIDE (dictd format) entries with pronunciation markup, diacritic codes and source "
+                "tags stripped, 60 entries per document, capped by a hash sample of documents; WordNet 3.0 synsets as "
+                "'words (pos): gloss' lines, 200 per document; FOLDOC entries 60 per document.\n" % ", ".join(KERNEL_DIRS))
     print(json.dumps(manifest, indent=1))
 
 

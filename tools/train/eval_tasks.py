@@ -26,18 +26,21 @@ from tasks import BUCKETS, TASKS  # noqa: E402
 
 
 @torch.no_grad()
-def perplexity(model, stream, ctx):
+def perplexity(model, stream, ctx, device="cpu", batch=1):
+    """Non-overlapping ctx-token windows (each scored on all ctx positions), `batch` windows per forward."""
+    starts = list(range(0, len(stream) - ctx - 1, ctx))
     nll, n = 0.0, 0
-    for s in range(0, len(stream) - ctx - 1, ctx):
-        w = torch.from_numpy(stream[s:s + ctx + 1].astype(np.int64))[None]
+    for i in range(0, len(starts), batch):
+        ss = starts[i:i + batch]
+        w = torch.from_numpy(np.stack([stream[s:s + ctx + 1] for s in ss]).astype(np.int64)).to(device)
         _, loss = model(w[:, :-1], w[:, 1:])
-        nll += loss.item() * ctx
-        n += ctx
+        nll += loss.item() * ctx * len(ss)
+        n += ctx * len(ss)
     return math.exp(nll / n), n
 
 
 @torch.no_grad()
-def task_accuracy(model, path, limit):
+def task_accuracy(model, path, limit, device="cpu"):
     by_bucket = collections.defaultdict(lambda: {"n": 0, "correct": 0, "tok_acc": 0.0, "dist": 0})
     for line in open(path, encoding="utf-8"):
         e = json.loads(line)
@@ -47,7 +50,7 @@ def task_accuracy(model, path, limit):
         p, a = e["prompt_ids"], e["answer_ids"]
         if e["task"] == "repeat":
             a = a[:-2] if len(a) > 4 else a  # score the passage, not the closing " ]]"
-        ids = torch.tensor(p + a[:-1], dtype=torch.long)[None]
+        ids = torch.tensor(p + a[:-1], dtype=torch.long, device=device)[None]
         logits = model(ids)[0, len(p) - 1:]
         pred = logits.argmax(-1).tolist()
         hits = [int(x == y) for x, y in zip(pred, a)]
@@ -73,20 +76,37 @@ def main():
     ap.add_argument("--splits", default="val,test")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (fp32 either way; TF32 matmuls on cuda)")
+    ap.add_argument("--ppl-batch", type=int, default=0, help="windows per forward (default 1 on cpu, 64 on cuda)")
+    ap.add_argument("--ppl-max-tokens", type=int, default=0, help="only the first N tokens of each split (tests)")
+    ap.add_argument("--ppl-ctx-extra", default="", help="more window sizes for perplexity, e.g. 2048")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
     model, ck = load_checkpoint(args.ckpt)
+    model.to(device)
     model.eval()
+    pb = args.ppl_batch or (64 if device.startswith("cuda") else 1)
     res = {"step": ck["state"]["step"], "tokens": ck["state"]["tokens"], "config": ck["config"], "ppl": {}, "tasks": {}}
     t0 = time.time()
     for split in [s for s in args.splits.split(",") if s]:
         stream = np.fromfile(os.path.join(args.tok, split + ".bin"), dtype=np.uint16)
-        ppl, n = perplexity(model, stream, args.ppl_ctx)
+        if args.ppl_max_tokens:
+            stream = stream[:args.ppl_max_tokens]
+        ppl, n = perplexity(model, stream, args.ppl_ctx, device, pb)
         res["ppl"][split] = {"ppl": ppl, "tokens": n, "ctx": args.ppl_ctx}
         print("%s ppl %.3f over %d tokens (ctx %d)  [%.0fs]" % (split, ppl, n, args.ppl_ctx, time.time() - t0), flush=True)
+        for cx in [int(c) for c in args.ppl_ctx_extra.split(",") if c]:
+            ppl, n = perplexity(model, stream, cx, device, max(1, pb * args.ppl_ctx // cx))
+            res["ppl"]["%s_ctx%d" % (split, cx)] = {"ppl": ppl, "tokens": n, "ctx": cx}
+            print("%s ppl %.3f over %d tokens (ctx %d)  [%.0fs]" % (split, ppl, n, cx, time.time() - t0), flush=True)
     for task in [t for t in args.tasks.split(",") if t]:
-        r = task_accuracy(model, os.path.join(args.eval_dir, task + ".jsonl"), args.limit)
+        r = task_accuracy(model, os.path.join(args.eval_dir, task + ".jsonl"), args.limit, device)
         res["tasks"][task] = r
         print("%-10s " % task + "  ".join("d~%d: %.2f (tok %.2f)" % (v["mean_distance"], v["acc"], v["tok_acc"])
                                             for k, v in r.items()) + "  [%.0fs]" % (time.time() - t0), flush=True)

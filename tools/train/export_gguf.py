@@ -23,7 +23,7 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tools", "py"))
 import gguf  # noqa: E402
-from model import load_checkpoint  # noqa: E402
+from model import load_checkpoint, torch_load  # noqa: E402
 
 # llama.cpp token types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -145,7 +145,7 @@ def main():
                     "possession of a good fortune, must be in want of a wife. The code of Mara Quinn is 4821.")
     args = ap.parse_args()
     qtype = {"f16": gguf.F16, "q8_0": gguf.Q8_0, "f32": gguf.F32}[args.type]
-    ck = torch.load(args.ckpt, map_location="cpu")
+    ck = torch_load(args.ckpt, map_location="cpu")
     st = ck["state"]
     desc = ("Strata's own small Llama-architecture model, trained from scratch by tools/train on Debian-packaged "
             "text (see models/README.md). step %d, %d tokens seen." % (st["step"], st["tokens"]))

@@ -11,6 +11,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# torch >= 2.0: fused scaled_dot_product_attention (flash/memory-efficient kernels on CUDA).
+# torch 1.13 (Debian) falls back to the explicit masked softmax below; both compute the same thing.
+_HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
+
+
+def torch_load(path, map_location="cpu"):
+    """torch.load of our own checkpoints (dicts of tensors and plain values) on torch 1.13 and >= 2.6."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except TypeError:
+        return torch.load(path, map_location=map_location)
+
 
 @dataclass
 class Config:
@@ -69,6 +81,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(c.dim, c.n_kv_heads * hd, bias=False)
         self.wv = nn.Linear(c.dim, c.n_kv_heads * hd, bias=False)
         self.wo = nn.Linear(c.n_heads * hd, c.dim, bias=False)
+        self.use_sdpa = True
 
     def forward(self, x, cos, sin, mask):
         B, T, _ = x.shape
@@ -80,6 +93,15 @@ class Attention(nn.Module):
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
         g = c.n_heads // c.n_kv_heads
+        if _HAS_SDPA and self.use_sdpa:
+            # fused attention (flash on CUDA); K/V repeated to the query heads: head h reads kv head h // g
+            q, k = q.type_as(v), k.type_as(v)  # RoPE tables are fp32; keep one dtype under autocast
+            if g > 1:
+                k = k.repeat_interleave(g, dim=1)
+                v = v.repeat_interleave(g, dim=1)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            o = o.transpose(1, 2).reshape(B, T, c.n_heads * hd)
+            return self.wo(o)
         # group query heads onto their kv head: [B, Hkv, g*T, hd] avoids materializing repeated K/V
         qg = q.reshape(B, c.n_kv_heads, g * T, hd)
         att = torch.matmul(qg, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))  # [B, Hkv, g*T, T]
@@ -148,6 +170,10 @@ class Transformer(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def set_sdpa(self, on):
+        for layer in self.layers:
+            layer.attention.use_sdpa = on
+
     def n_params(self, non_embedding=True):
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
@@ -156,7 +182,7 @@ class Transformer(nn.Module):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    ck = torch.load(path, map_location=map_location)
+    ck = torch_load(path, map_location=map_location)
     c = Config(**ck["config"])
     m = Transformer(c)
     m.load_state_dict(ck["model"])

@@ -18,7 +18,7 @@ from model import load_checkpoint  # noqa: E402
 def generate(model, ids, n, temp, top_k, gen):
     ids = list(ids)
     for _ in range(n):
-        logits = model(torch.tensor([ids[-model.c.context_length:]]))[0, -1]
+        logits = model(torch.tensor([ids[-model.c.context_length:]], device=model.output.weight.device))[0, -1].float().cpu()
         if temp <= 0:
             t = int(logits.argmax())
         else:
@@ -43,10 +43,13 @@ def main():
     ap.add_argument("--temp", type=float, default=0.8)
     ap.add_argument("--top-k", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(2)
     sp = spm.SentencePieceProcessor(model_file=args.tok)
     model, _ = load_checkpoint(args.ckpt)
+    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev)
     model.eval()
     gen = torch.Generator().manual_seed(args.seed)
     for p in args.prompt:
