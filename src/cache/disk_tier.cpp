@@ -208,7 +208,8 @@ Expected<size_t> DoIo(int fd, bool write, const std::vector<Segment>& segs, bool
   bool ring_done = false;
   if (use_uring && !segs.empty()) {
     if (io_uring* ring = t_ring.Get()) {
-      if (segs.size() + 1 <= 16) {
+      const bool fits = std::all_of(segs.begin(), segs.end(), [](const Segment& g) { return g.len < (1u << 30); });
+      if (segs.size() + 1 <= 16 && fits) {
         if (UringIo(ring, fd, write, segs, need_fsync, &done)) {
           ring_done = true;
         } else {

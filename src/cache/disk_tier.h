@@ -2,7 +2,8 @@
 //
 // Design choices:
 // - One file per chunk, named by key hex under a 256-way fan-out
-//   (dir/ab/abcd....kv), so a lookup is one stat and no directory gets huge.
+//   (dir/ab/abcd....kv, subdirectories made on first write), so a lookup is
+//   one stat and no directory gets huge.
 // - Each file is a 64-byte tier header (magic, version, payload length,
 //   xxh3-64 of the payload, the key, a header checksum) then the payload. The
 //   tier never parses payloads; the header alone detects torn, truncated or
@@ -25,7 +26,8 @@
 // - I/O: io_uring (one ring per I/O thread; a write and its fsync go in one
 //   linked submission, reads are split into parallel segments) or pread/
 //   pwrite, chosen by use_io_uring; both fall back to plain syscalls on any
-//   ring error. O_DIRECT uses 4 KiB-aligned buffers, the file is truncated
+//   ring error. io_uring is the default: on the dev VM it wrote 1.2-1.6x
+//   faster (4 MiB chunks, fsync on), reads were within noise. O_DIRECT uses 4 KiB-aligned buffers, the file is truncated
 //   to its exact size after the write; filesystems that refuse O_DIRECT
 //   (tmpfs) silently get buffered I/O.
 //
