@@ -68,5 +68,6 @@ void RegisterBench(CLI::App& app);
 void RegisterTokenize(CLI::App& app);
 void RegisterInfo(CLI::App& app);
 void RegisterServe(CLI::App& app);
+void RegisterEval(CLI::App& app);
 
 }  // namespace strata::cli

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   strata::cli::RegisterTokenize(app);
   strata::cli::RegisterInfo(app);
   strata::cli::RegisterServe(app);
+  strata::cli::RegisterEval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
