@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -74,6 +75,13 @@ Expected<ChunkBlob> EncodeChunk(const ChunkMeta& meta, KvCache& kv, int seq, con
 // Re-encodes a verified chunk with another encoding (demotion to a colder tier).
 Expected<ChunkBlob> TranscodeChunk(const ChunkBlob& blob, const ChunkMeta& expect, const ChunkEncoding& enc);
 
+// The chunk's own description of itself (header and tokens), after checking
+// magic, version, sizes and the header checksum. It proves nothing about
+// where the chunk came from: the store uses it only to re-encode chunks it
+// already holds (demotion on eviction, where only key and bytes are at
+// hand); whatever loads KV opens the chunk with its own expectations.
+Expected<ChunkMeta> PeekChunkMeta(std::span<const uint8_t> bytes);
+
 class ChunkReader {
  public:
   // Parses and verifies the header, tokens and section table against
@@ -91,6 +99,11 @@ class ChunkReader {
   Status DecodeLayer(int layer, const KvLayerView& dst, int64_t skip = 0);
 
  private:
+  friend Expected<ChunkBlob> TranscodeChunk(const ChunkBlob&, const ChunkMeta&, const ChunkEncoding&);
+  // DecodeLayer's body, writing row t (0-based in the chunk) of K (which 0)
+  // or V (which 1) to row(which, t); TranscodeChunk decodes into a buffer.
+  Status DecodeLayerRows(int layer, const std::function<fp16_t*(int which, int64_t t)>& row, int64_t skip);
+
   ChunkBlob blob_;
   ChunkEncoding enc_;
   int n_layers_ = 0;
