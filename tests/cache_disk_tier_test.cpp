@@ -5,11 +5,13 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -377,6 +379,50 @@ TEST(DiskTierTest, TwoInstancesShareOneDirectory) {
   EXPECT_EQ(a->stats().get_failures, 0u);
   EXPECT_FALSE(a->Contains(Key(1)));
   EXPECT_EQ(a->stats().chunks, 0u);
+}
+
+// The child half of TwoProcessesShareOneDirectory: runs only when the
+// parent starts this binary again with the directory in the environment.
+TEST(DiskTierChildProcess, DISABLED_WriteReadRemove) {
+  const char* dir = std::getenv("STRATA_DISK_TIER_SHARED_DIR");
+  if (!dir) GTEST_SKIP() << "runs as a child of TwoProcessesShareOneDirectory";
+  auto t = OpenTier(Opts(dir));
+  ASSERT_TRUE(t);
+  auto g = t->Get(Key(1)).get();  // written by the parent
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_TRUE(SameBytes(*g, Bytes(3000, 1)));
+  ASSERT_TRUE(t->Put(Key(100), Blob(7000, 100)).get().ok());
+  ASSERT_TRUE(t->Remove(Key(2)).ok());  // the parent still has it indexed
+}
+
+TEST(DiskTierTest, TwoProcessesShareOneDirectory) {
+  TempDir d;
+  auto a = OpenTier(Opts(d.path()));
+  ASSERT_TRUE(a);
+  ASSERT_TRUE(a->Put(Key(1), Blob(3000, 1)).get().ok());
+  ASSERT_TRUE(a->Put(Key(2), Blob(3000, 2)).get().ok());
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  ASSERT_GT(n, 0);
+  self[n] = 0;
+  const std::string cmd = "STRATA_DISK_TIER_SHARED_DIR=" + d.path() + " " + self +
+                          " --gtest_also_run_disabled_tests --gtest_filter=DiskTierChildProcess.DISABLED_WriteReadRemove 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  ASSERT_TRUE(p);
+  std::string out;
+  char buf[4096];
+  size_t got;
+  while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
+  const int status = ::pclose(p);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+  ASSERT_NE(out.find("[  PASSED  ] 1 test"), std::string::npos) << out;
+
+  EXPECT_TRUE(a->Contains(Key(100)));
+  auto g = a->Get(Key(100)).get();
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_TRUE(SameBytes(*g, Bytes(7000, 100)));
+  EXPECT_EQ(a->Get(Key(2)).get().status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(a->stats().get_failures, 0u);
 }
 
 class DiskTierIoTest : public ::testing::TestWithParam<std::tuple<bool, bool>> {};
