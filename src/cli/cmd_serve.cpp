@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "cli/common.h"
+#include "cli/kv_store_flags.h"
 #include "engine/scheduler.h"
 #include "kv/paged_kv_cache.h"
 #include "kv/virtual_kv_cache.h"
@@ -28,6 +29,7 @@ struct ServeFlags {
   bool huge_pages = false;
   int64_t step_tokens = 256;
   double max_body_mib = 1;
+  KvStoreFlags store;
 };
 
 int RunServe(ServeFlags f) {
@@ -74,9 +76,13 @@ int RunServe(ServeFlags f) {
     if (!p.ok()) return Fail(p.status());
     kv = std::move(*p);
   }
+  // The KV cache store outlives the scheduler (declared first).
+  auto store = BuildKvStore(f.store, m);
+  if (!store.ok()) return Fail(store.status());
   SchedulerOptions so;
   so.step_tokens = std::max<int64_t>(f.step_tokens, f.parallel);
   so.n_threads = ResolveThreads(f.model.threads);
+  so.kv_store = store->connector.get();
   auto sched = Scheduler::Create(m, *kv, so);
   if (!sched.ok()) return Fail(sched.status());
   (*sched)->Start();
@@ -86,6 +92,7 @@ int RunServe(ServeFlags f) {
   }
   if (f.server.model_id.empty()) f.server.model_id = std::filesystem::path(f.model.model_path).stem().string();
   f.server.max_body_bytes = static_cast<size_t>(f.max_body_mib * 1048576.0);
+  f.server.save_decode_cache = f.store.save_decode_cache;
   OpenAiServer server(m, **sched, f.server);
   auto port = server.Bind();
   if (!port.ok()) return Fail(port.status());
@@ -98,6 +105,7 @@ int RunServe(ServeFlags f) {
                "listening on http://%s:%d\n",
                f.server.model_id.c_str(), kv->kind(), budget >> 20, f.parallel, static_cast<long long>(ctx),
                f.server.host.c_str(), *port);
+  if (store->connector) std::fprintf(stderr, "strata serve: KV cache store: %s\n", store->description.c_str());
   std::fflush(stderr);
   Status st = server.Serve();
   // Serve returns after Stop (signal) or on error; wake the waiter either way.
@@ -136,6 +144,7 @@ void RegisterServe(CLI::App& app) {
       ->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 22));
   cmd->add_option("--http-threads", flags->server.http_threads, "concurrent HTTP connections served")
       ->capture_default_str()->check(CLI::Range(1, 4096));
+  AddKvStoreFlags(cmd, &flags->store);
   cmd->callback([flags] { ExitCode() = RunServe(*flags); });
 }
 

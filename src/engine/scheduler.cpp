@@ -24,6 +24,12 @@ struct Scheduler::Sequence {
   int64_t generated = 0;
   Clock::time_point arrival;
   int64_t chunk = 0;            // tokens planned for this step
+  // KV cache store: the load in progress (loading) or loaded and waiting to
+  // be placed by the next forward pass this sequence takes part in.
+  std::shared_ptr<StoreLoad> load;
+  bool loading = false;
+  bool store_reported = false;  // out.store_cached_tokens set
+  size_t store_next_chunk = 0;  // chunks below this are in the store (or were handed to it)
 };
 
 Scheduler::Scheduler(const Model& model, ManagedKvCache& kv, const SchedulerOptions& options)
@@ -41,10 +47,22 @@ Expected<std::unique_ptr<Scheduler>> Scheduler::Create(const Model& model, Manag
                                    ") must be at least the number of slots (" + std::to_string(kv.max_seqs()) +
                                    ") so every running sequence decodes each step");
   }
-  return std::unique_ptr<Scheduler>(new Scheduler(model, kv, options));
+  std::unique_ptr<Scheduler> sched(new Scheduler(model, kv, options));
+  if (options.kv_store) {
+    // A finished load wakes the engine thread (it may have nothing else to do).
+    options.kv_store->SetReadyListener([p = sched.get()] {
+      std::lock_guard<std::mutex> lock(p->mu_);
+      p->cv_.notify_all();
+    });
+  }
+  return sched;
 }
 
-Scheduler::~Scheduler() { Stop(); }
+Scheduler::~Scheduler() {
+  Stop();
+  for (auto& s : running_) DropLoad(*s);
+  if (options_.kv_store) options_.kv_store->SetReadyListener(nullptr);
+}
 
 Expected<uint64_t> Scheduler::Submit(std::vector<TokenId> prompt, const RequestOptions& options,
                                      RequestCallback callback) {
@@ -103,6 +121,13 @@ void Scheduler::TakeSubmissions() {
 }
 
 void Scheduler::Finish(Sequence& s, StopReason reason, Status error) {
+  if (s.slot >= 0 && options_.kv_store && s.options.save_decode_cache && error.ok() &&
+      reason != StopReason::kCancelled && !s.load) {
+    // Decode-phase KV, on request: every full chunk whose KV is in the slot.
+    options_.kv_store->StoreNewChunks(kv_, s.slot, s.tokens, s.n_computed, s.options.cache_salt, &s.store_next_chunk,
+                                      s.n_prompt);
+  }
+  DropLoad(s);
   if (s.slot >= 0) {
     kv_.Clear(s.slot);
     s.slot = -1;
@@ -122,7 +147,39 @@ void Scheduler::Finish(Sequence& s, StopReason reason, Status error) {
   cb(s.out);
 }
 
+void Scheduler::DropLoad(Sequence& s) {
+  if (s.load && options_.kv_store) options_.kv_store->CancelLoad(s.load);
+  s.load.reset();
+  s.loading = false;
+}
+
+void Scheduler::PollLoads() {
+  for (auto& sp : running_) {
+    Sequence& s = *sp;
+    if (!s.loading || !s.load->ready()) continue;
+    s.loading = false;
+    const StoreLoad& load = *s.load;
+    if (!s.store_reported) {
+      s.store_reported = true;
+      s.out.store_cached_tokens = load.end() - load.begin();
+      s.out.store_tokens_by_tier = load.per_tier();
+      local_.store_cached_prompt_tokens += static_cast<uint64_t>(load.end() - load.begin());
+    }
+    if (load.end() < load.planned_end()) {
+      // Chunks after the first bad one are recomputed; store them again.
+      const size_t good = static_cast<size_t>(load.end() / options_.kv_store->chunk_tokens());
+      s.store_next_chunk = std::min(s.store_next_chunk, good);
+    }
+    if (load.end() > s.n_computed) {
+      s.n_computed = load.end();  // placed by the next forward pass s takes part in
+    } else {
+      s.load.reset();
+    }
+  }
+}
+
 void Scheduler::Preempt(Sequence& s) {
+  DropLoad(s);
   kv_.Clear(s.slot);
   s.slot = -1;
   s.n_computed = 0;
@@ -165,6 +222,7 @@ bool Scheduler::Accept(Sequence& s, TokenId token) {
 
 Expected<bool> Scheduler::Step() {
   TakeSubmissions();
+  if (options_.kv_store) PollLoads();
   int64_t budget = options_.step_tokens;
   std::vector<Sequence*> plan;
 
@@ -195,7 +253,7 @@ Expected<bool> Scheduler::Step() {
   for (int pass = 0; pass < 2; ++pass) {
     for (auto& sp : running_) {
       Sequence& s = *sp;
-      if (s.slot < 0 || s.chunk > 0) continue;
+      if (s.slot < 0 || s.chunk > 0 || s.loading) continue;
       const int64_t remaining = static_cast<int64_t>(s.tokens.size()) - s.n_computed;
       if ((pass == 0) != (remaining == 1)) continue;
       const int64_t chunk = std::min(remaining, budget);
@@ -239,8 +297,13 @@ Expected<bool> Scheduler::Step() {
     const int64_t g = kv_.granule_positions();
     const int64_t need = (total + 1 + g - 1) / g * g;
     const bool fits = kv_.BackedPositions(slot) + kv_.AvailablePositions() >= need;
-    const int64_t chunk = std::min(total - cached, budget);
-    if (!fits || !kv_.Reserve(slot, cached + chunk).ok()) {
+    // The KV cache store may hold more of the prompt than engine memory.
+    KvStoreConnector::LoadPlan load;
+    if (fits && options_.kv_store) load = options_.kv_store->PlanLoad(s.tokens, s.options.cache_salt, cached);
+    const int64_t chunk = load.load ? 0 : std::min(total - cached, budget);
+    const int64_t reserve_to = load.load ? load.load->planned_end() : cached + chunk;
+    if (!fits || !kv_.Reserve(slot, reserve_to).ok()) {
+      if (load.load) options_.kv_store->CancelLoad(load.load);
       kv_.Clear(slot);
       s.slot = -1;
       if (running_.empty() && plan.empty()) {
@@ -254,11 +317,21 @@ Expected<bool> Scheduler::Step() {
       break;
     }
     s.n_computed = cached;
+    s.store_next_chunk = std::max(s.store_next_chunk, load.stored_chunks);
     if (!s.admitted_once) {
       s.admitted_once = true;
       s.out.cached_tokens = cached;
       local_.cached_prompt_tokens += static_cast<uint64_t>(cached);
       local_.prompt_tokens += static_cast<uint64_t>(s.n_prompt);
+    }
+    if (load.load) {
+      // Loading: holds its slot and reservation; joins prefill when ready.
+      s.load = std::move(load.load);
+      s.loading = true;
+      s.chunk = 0;
+      running_.push_back(std::move(waiting_.front()));
+      waiting_.pop_front();
+      continue;
     }
     s.chunk = chunk;
     budget -= chunk;
@@ -276,7 +349,34 @@ Expected<bool> Scheduler::Step() {
     batch_.push_back(BatchSeq{s->slot, std::span<const TokenId>(s->tokens.data() + s->n_computed, static_cast<size_t>(s->chunk)),
                               s->n_computed, false});
   }
-  auto logits = ctx_.Forward(batch_, kv_);
+  // Loaded prefixes are placed layer by layer during this pass.
+  ForwardHooks* hooks = nullptr;
+  Status prepared;
+  if (options_.kv_store) {
+    std::vector<std::shared_ptr<StoreLoad>> loads(plan.size());
+    bool any = false;
+    for (size_t i = 0; i < plan.size(); ++i) {
+      if (plan[i]->load && !plan[i]->loading) {
+        loads[i] = plan[i]->load;
+        any = true;
+      }
+    }
+    if (any) {
+      auto h = options_.kv_store->PrepareStep(batch_, loads, kv_);
+      if (h.ok()) {
+        hooks = *h;
+      } else {
+        prepared = h.take_status();
+      }
+    }
+  }
+  Expected<std::span<const float>> logits = prepared.ok() ? ctx_.Forward(batch_, kv_, hooks) : prepared;
+  if (options_.kv_store) {
+    options_.kv_store->FinishStep();
+    for (Sequence* s : plan) {
+      if (!s->loading) s->load.reset();
+    }
+  }
   if (!logits.ok()) {
     for (Sequence* s : plan) Finish(*s, StopReason::kLength, logits.status());
     std::erase_if(running_, [](const auto& s) { return s->callback == nullptr; });
@@ -290,6 +390,15 @@ Expected<bool> Scheduler::Step() {
     s.n_computed += s.chunk;
     s.chunk = 0;
     kv_.PublishPrefix(s.slot, std::span<const TokenId>(s.tokens.data(), static_cast<size_t>(s.n_computed)));
+    if (options_.kv_store) {
+      // Newly completed full prompt chunks go to the store (it writes in the
+      // background; encoding is a copy).
+      const int64_t upto = std::min(s.n_computed, s.n_prompt);
+      if (static_cast<int64_t>(s.store_next_chunk + 1) * options_.kv_store->chunk_tokens() <= upto) {
+        options_.kv_store->StoreNewChunks(kv_, s.slot, s.tokens, upto, s.options.cache_salt, &s.store_next_chunk,
+                                          s.n_prompt);
+      }
+    }
     if (s.n_computed < static_cast<int64_t>(s.tokens.size())) continue;  // prefill continues next step
     const TokenId next = s.sampler.Sample(logits->subspan(i * vocab, vocab), s.tokens);
     if (!Accept(s, next) && (!s.out.text.empty() || !s.out.tokens.empty())) {
@@ -310,6 +419,7 @@ void Scheduler::PublishCounters() {
   counters_.requests_submitted = submitted;
   counters_.running = static_cast<int>(running_.size());
   counters_.waiting = static_cast<int>(waiting_.size() + submitted_.size());
+  counters_.loading = static_cast<int>(std::count_if(running_.begin(), running_.end(), [](const auto& s) { return s->loading; }));
   counters_.kv = kv_.stats();
 }
 
@@ -322,6 +432,10 @@ Status Scheduler::RunUntilIdle() {
   for (;;) {
     STRATA_ASSIGN_OR_RETURN(bool ran, Step());
     if (ran) continue;
+    if (options_.kv_store && options_.kv_store->HasPendingLoads()) {
+      options_.kv_store->WaitForLoads(std::chrono::milliseconds(20));
+      continue;
+    }
     std::lock_guard<std::mutex> lock(mu_);
     if (submitted_.empty() && running_.empty() && waiting_.empty()) return Status::Ok();
   }

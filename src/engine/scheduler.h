@@ -17,6 +17,18 @@
 //   the KV memory; computed full blocks are published after every step.
 // - Cancellation: Cancel(id) from any thread; the sequence is dropped at the
 //   start of the next step and its callback gets stop reason "cancelled".
+// - KV cache store (optional, SchedulerOptions::kv_store): at admission,
+//   after the engine prefix attach, the store is asked for more of the
+//   prompt. On a hit the sequence enters the loading state: it keeps its
+//   slot and a KV reservation for the loaded prefix but is not planned while
+//   its chunks are fetched and verified in the background (other sequences
+//   keep stepping). When the load is ready it joins prefill at the end of
+//   the loaded prefix, and the connector's hooks place the loaded rows layer
+//   by layer during that forward pass. A load that fails part way is a
+//   shorter prefix: the rest is recomputed. A loading sequence can be
+//   cancelled or preempted like any other (the load is abandoned). After
+//   every step, newly completed full prompt chunks are stored; generated
+//   tokens' chunks too at finish when the request sets save_decode_cache.
 //
 // Thread-safety: Submit, Cancel, counters() and Start/Stop are thread-safe.
 // Step() and RunUntilIdle() are for a single driving thread and must not be
@@ -32,6 +44,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "engine/kv_store_connector.h"
 #include "engine/request.h"
 #include "kv/managed_kv_cache.h"
 #include "model/model.h"
@@ -41,6 +54,9 @@ namespace strata {
 struct SchedulerOptions {
   int64_t step_tokens = 256;  // token budget of one forward pass (>= the KV's slot count)
   int n_threads = 1;
+  // The KV cache store's connector, or null for none. Not owned; must
+  // outlive the scheduler, and serve only this scheduler.
+  KvStoreConnector* kv_store = nullptr;
 };
 
 // Monotonic counters and gauges, safe to read from any thread.
@@ -53,8 +69,10 @@ struct SchedulerCounters {
   uint64_t cached_prompt_tokens = 0;
   uint64_t preemptions = 0;
   uint64_t steps = 0;
-  int running = 0;
+  uint64_t store_cached_prompt_tokens = 0;  // prompt tokens loaded from the KV cache store
+  int running = 0;                          // including loading
   int waiting = 0;
+  int loading = 0;                          // waiting for a KV cache store load
   KvMemoryStats kv;
 };
 
@@ -84,6 +102,7 @@ class Scheduler {
   SchedulerCounters counters() const;
   const Model& model() const { return model_; }
   ManagedKvCache& kv() { return kv_; }
+  KvStoreConnector* kv_store() { return options_.kv_store; }
 
  private:
   struct Sequence;
@@ -91,6 +110,10 @@ class Scheduler {
   void TakeSubmissions();
   void Finish(Sequence& s, StopReason reason, Status error = Status::Ok());
   void Preempt(Sequence& s);
+  // Drops s's store load, if any (nothing of it reaches KV memory).
+  void DropLoad(Sequence& s);
+  // Loading sequences whose load finished join prefill.
+  void PollLoads();
   // Appends a sampled token; returns true when the sequence is finished.
   bool Accept(Sequence& s, TokenId token);
   void PublishCounters();

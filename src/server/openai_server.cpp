@@ -446,6 +446,8 @@ void OpenAiServer::Routes() {
     if (auto e = GetBool(body, "stream", &p.stream)) return SendError(res, *e);
     if (auto e = GetBool(body, "ignore_eos", &o.ignore_eos)) return SendError(res, *e);
     if (auto e = GetString(body, "cache_salt", &o.cache_salt)) return SendError(res, *e);
+    o.save_decode_cache = options_.save_decode_cache;
+    if (auto e = GetBool(body, "save_decode_cache", &o.save_decode_cache)) return SendError(res, *e);
     if (auto so = body.find("stream_options"); so != body.end() && !so->is_null()) {
       if (!so->is_object()) return SendError(res, BadParam("stream_options", "'stream_options' must be an object"));
       if (auto e = GetBool(*so, "include_usage", &p.include_usage)) return SendError(res, *e);
@@ -493,7 +495,9 @@ void OpenAiServer::Routes() {
       return json{{"prompt_tokens", n_prompt},
                   {"completion_tokens", last.completion_tokens},
                   {"total_tokens", n_prompt + last.completion_tokens},
-                  {"prompt_tokens_details", {{"cached_tokens", last.cached_tokens}}}};
+                  // cached_tokens: from engine memory or the KV cache store.
+                  {"prompt_tokens_details", {{"cached_tokens", last.cached_tokens + last.store_cached_tokens},
+                                             {"store_cached_tokens", last.store_cached_tokens}}}};
     };
     auto chunk = [chat, rid, created, model_id](const std::string& text, const char* finish, bool first) {
       json choice = {{"index", 0}, {"finish_reason", finish ? json(finish) : json(nullptr)}};

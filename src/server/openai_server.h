@@ -38,6 +38,7 @@ struct ServerOptions {
   int64_t max_prompt_tokens = 0;    // 0: the context minus one
   int64_t max_tokens_limit = 4096;  // largest max_tokens accepted
   int http_threads = 64;            // concurrent connections served
+  bool save_decode_cache = false;   // default of the request field "save_decode_cache"
 };
 
 // Latency histogram with fixed Prometheus buckets.
