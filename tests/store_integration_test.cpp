@@ -559,6 +559,61 @@ TEST(StoreIntegration, LoadingDoesNotBlockAndCanBeCancelledOrTimeOut) {
   }
 }
 
+// A loading sequence is the newest one holding memory: when an older one
+// needs to grow, the loading one is preempted (its load abandoned, its
+// reservation freed), goes back to the queue, and is loaded again later.
+TEST(StoreIntegration, LoadingSequenceCanBePreempted) {
+  const Model& m = Tiny();
+  const ModelConfig& c = m.config();
+  const auto a = Prompt(m, 20, 5), b = Prompt(m, 100, 6);
+  // a grows to 120 positions, b to 140: each fits the 160 alone.
+  const auto want_a = Outputs(RunSequential(m, nullptr, {a}, Greedy(100)))[0];
+  const auto want_b = Outputs(RunSequential(m, nullptr, {b}, Greedy(40)))[0];
+  auto tier = std::make_unique<GatedTier>(Host());
+  GatedTier* g = tier.get();
+  auto store = MakeStore(std::move(tier));
+  auto conn = Connect(m, *store, 60000);
+  RunSequential(m, conn.get(), {b}, Greedy(1));  // stores b's chunks
+  // 10 blocks of 16 positions: a (growing to 120) and b's loaded 96 do not fit together.
+  PagedKvOptions o;
+  o.n_layers = c.n_layers;
+  o.kv_dim = c.kv_dim();
+  o.max_seqs = 2;
+  o.max_positions = 512;
+  o.block_size = 16;
+  o.budget_bytes = static_cast<size_t>(c.kv_dim()) * 2 * 2 * static_cast<size_t>(c.n_layers) * 16 * 10;
+  o.prefix_caching = false;
+  auto kv = PagedKvCache::Create(o);
+  ASSERT_TRUE(kv.ok()) << kv.status().ToString();
+  SchedulerOptions so;
+  so.step_tokens = 256;
+  so.n_threads = 2;
+  so.kv_store = conn.get();
+  auto sched = Scheduler::Create(m, **kv, so);
+  ASSERT_TRUE(sched.ok());
+  std::vector<TokenId> ta, tb;
+  RequestOutput la, lb;
+  ASSERT_TRUE((*sched)->Submit(a, Greedy(100), [&](const RequestOutput& x) {
+    ta.insert(ta.end(), x.tokens.begin(), x.tokens.end());
+    if (x.finished) la = x;
+  }).ok());
+  ASSERT_TRUE((*sched)->Step().ok());  // a admitted and prefilled first
+  ASSERT_TRUE((*sched)->Submit(b, Greedy(40), [&](const RequestOutput& x) {
+    tb.insert(tb.end(), x.tokens.begin(), x.tokens.end());
+    if (x.finished) lb = x;
+  }).ok());
+  for (int i = 0; i < 200 && (*sched)->counters().preemptions == 0; ++i) ASSERT_TRUE((*sched)->Step().ok());
+  EXPECT_EQ((*sched)->counters().preemptions, 1u);
+  EXPECT_EQ(conn->counters().loads_cancelled, 1u);
+  g->Open();
+  ASSERT_TRUE((*sched)->RunUntilIdle().ok());
+  EXPECT_TRUE(la.finished && lb.finished);
+  EXPECT_EQ(ta, want_a);
+  EXPECT_EQ(tb, want_b);
+  EXPECT_EQ(lb.store_cached_tokens, 96);
+  EXPECT_EQ((*kv)->stats().active_slots, 0);
+}
+
 // Two `strata generate` processes on the same disk directory: the second
 // loads what the first stored and prints the same text.
 TEST(StoreIntegration, SecondProcessHitsTheDiskCache) {
