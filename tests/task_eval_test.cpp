@@ -108,7 +108,10 @@ TEST(TaskEval, ScoringMatchesReferenceForward) {
 
 TEST(TaskEval, ContextTooSmallIsAClearError) {
   if (!std::filesystem::exists(DefaultModel())) GTEST_SKIP() << "no default model";
-  auto r = testing::RunCommand(testing::StrataBin() + " eval -m " + DefaultModel() + " -c 64 --limit 1 --task mdqa");
+  // The task file is named explicitly: ctest runs from the build directory, where the default
+  // (models/eval/*.jsonl, relative to the working directory) does not exist.
+  auto r = testing::RunCommand(testing::StrataBin() + " eval -m " + DefaultModel() + " -c 64 --limit 1 --task mdqa " +
+                               testing::SourceDir() + "/models/eval/mdqa.jsonl");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("does not fit the context"), std::string::npos) << r.output;
 }
