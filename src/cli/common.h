@@ -69,5 +69,6 @@ void RegisterTokenize(CLI::App& app);
 void RegisterInfo(CLI::App& app);
 void RegisterServe(CLI::App& app);
 void RegisterEval(CLI::App& app);
+void RegisterCache(CLI::App& app);
 
 }  // namespace strata::cli

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   strata::cli::RegisterInfo(app);
   strata::cli::RegisterServe(app);
   strata::cli::RegisterEval(app);
+  strata::cli::RegisterCache(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "model/gguf.h"
+#include "server/cache_api.h"
 
 namespace strata {
 
@@ -181,7 +182,8 @@ OpenAiServer::OpenAiServer(const Model& model, Scheduler& scheduler, ServerOptio
       created_(UnixNow()),
       ttft_({0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}),
       tpot_({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}),
-      e2e_({0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}) {
+      e2e_({0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}),
+      cache_api_(std::make_unique<CacheApi>(model, scheduler.kv_store(), 0)) {
   Routes();
 }
 
@@ -245,6 +247,12 @@ std::string OpenAiServer::MetricsText() const {
   ttft_.Write(&out, "strata_time_to_first_token_seconds", "Submission to first generated token.");
   tpot_.Write(&out, "strata_time_per_output_token_seconds", "Mean time between output tokens of a request.");
   e2e_.Write(&out, "strata_request_duration_seconds", "Submission to the last token.");
+  if (sched_.kv_store()) {
+    counter("strata_prompt_tokens_store_cached_total", "Prompt tokens loaded from the KV cache store.",
+            static_cast<double>(c.store_cached_prompt_tokens));
+    counter("strata_requests_loading", "Sequences waiting for a KV cache store load.", c.loading, "gauge");
+  }
+  cache_api_->AppendMetrics(&out);
   return out;
 }
 
@@ -296,6 +304,16 @@ void OpenAiServer::Routes() {
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(MetricsText(), "text/plain; version=0.0.4");
   });
+  // The KV cache store's control API (404 when no store is configured).
+  auto cache = [this](const std::string& op, const httplib::Request& req, httplib::Response& res) {
+    const CacheApiReply r = cache_api_->Handle(op, req.body);
+    res.status = r.status;
+    res.set_content(r.body, "application/json");
+  };
+  s.Post(R"(/v1/cache/(lookup|pin|unpin|clear|move))",
+         [cache](const httplib::Request& req, httplib::Response& res) { cache(req.matches[1].str(), req, res); });
+  s.Get(R"(/v1/cache/(stats|health))",
+        [cache](const httplib::Request& req, httplib::Response& res) { cache(req.matches[1].str(), req, res); });
   s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     json m = {{"id", options_.model_id}, {"object", "model"}, {"created", created_}, {"owned_by", "strata"},
               {"max_model_len", sched_.kv().max_positions()}};

@@ -4,6 +4,7 @@
 //   POST /v1/completions, POST /v1/chat/completions  (stream and not; SSE
 //        ends with `data: [DONE]`; usage has prompt_tokens_details.cached_tokens)
 //   GET  /v1/models, /health, /metrics (Prometheus text format)
+//   /v1/cache/* (the KV cache store's control API, server/cache_api.h)
 //
 // Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}
 // with a 4xx status for anything the client got wrong. A streaming client
@@ -28,6 +29,8 @@ class Server;
 }
 
 namespace strata {
+
+class CacheApi;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
@@ -86,6 +89,7 @@ class OpenAiServer {
   std::atomic<uint64_t> http_ok_{0}, http_client_errors_{0}, http_server_errors_{0};
   std::atomic<uint64_t> disconnects_{0};
   Histogram ttft_, tpot_, e2e_;
+  std::unique_ptr<CacheApi> cache_api_;
 };
 
 }  // namespace strata

@@ -1,0 +1,50 @@
+// CacheApi: the KV cache store's control API over HTTP (mounted by
+// OpenAiServer when `strata serve` runs with a --kv-store-* tier), and the
+// store's Prometheus metrics.
+//
+//   POST /v1/cache/lookup  {"prompt": "..." | "tokens": [...], "cache_salt"?}
+//   POST /v1/cache/pin     {prompt|tokens, "cache_salt"?, "tier"?, "ttl_seconds"?}
+//   POST /v1/cache/unpin   {prompt|tokens, "cache_salt"?, "tier"?}
+//   POST /v1/cache/clear   {"tier"?}
+//   POST /v1/cache/move    {prompt|tokens, "cache_salt"?, "from", "to", "keep_source"?}
+//   GET  /v1/cache/stats
+//   GET  /v1/cache/health
+//
+// Requests and answers are JSON; errors have OpenAI's shape with a 4xx
+// status. README.md ("KV cache store") documents every field.
+//
+// Thread-safety: Handle and AppendMetrics may run on any number of threads
+// (the store and connector are thread-safe).
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "engine/kv_store_connector.h"
+#include "model/model.h"
+
+namespace strata {
+
+struct CacheApiReply {
+  int status = 200;
+  std::string body;  // JSON
+};
+
+class CacheApi {
+ public:
+  // `connector` may be null (no store configured): every call answers 404.
+  CacheApi(const Model& model, KvStoreConnector* connector, int64_t max_prompt_tokens);
+
+  // `op`: lookup, pin, unpin, clear, move (POST) or stats, health (GET).
+  CacheApiReply Handle(std::string_view op, std::string_view body);
+
+  // Appends the store's and connector's metrics (nothing without a store).
+  void AppendMetrics(std::string* out) const;
+
+ private:
+  const Model& model_;
+  KvStoreConnector* conn_;
+  int64_t max_prompt_tokens_;
+};
+
+}  // namespace strata
