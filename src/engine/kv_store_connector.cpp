@@ -214,16 +214,15 @@ void KvStoreConnector::FetchLoop() {
     for (const StoreLoad::Chunk& ch : load->chunks_) {
       if (ch.fetch.valid() && ch.fetch.wait_for(std::chrono::seconds(0)) != std::future_status::ready) straggles = true;
     }
-    std::function<void()> listener;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (straggles) stragglers_.push_back(load);
       --pending_loads_;
-      listener = ready_listener_;
     }
     load->ready_.store(true, std::memory_order_release);
     ready_cv_.notify_all();
-    if (listener) listener();
+    std::lock_guard<std::mutex> lock(listener_mu_);
+    if (ready_listener_) ready_listener_();
   }
 }
 
@@ -332,7 +331,7 @@ void KvStoreConnector::ReapStragglers(bool block) {
 }
 
 void KvStoreConnector::SetReadyListener(std::function<void()> listener) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(listener_mu_);
   ready_listener_ = std::move(listener);
 }
 

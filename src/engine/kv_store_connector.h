@@ -186,7 +186,9 @@ class KvStoreConnector {
   // ---- any thread ----
 
   // Called (on a fetch thread) whenever a load becomes ready, e.g. to wake
-  // the engine loop. Set before use.
+  // the engine loop. Returns only when no call into the previous listener
+  // is running (so its owner may go away after SetReadyListener(nullptr)).
+  // The listener must not call into the connector.
   void SetReadyListener(std::function<void()> listener);
   // Waits until some load finishes or `timeout` passes.
   void WaitForLoads(std::chrono::milliseconds timeout);
@@ -230,7 +232,10 @@ class KvStoreConnector {
   std::vector<std::shared_ptr<StoreLoad>> stragglers_;
   int pending_loads_ = 0;
   bool stop_ = false;
-  std::function<void()> ready_listener_;
+  // Held while the listener runs, so SetReadyListener(nullptr) returns only
+  // when no call into the old listener is in progress.
+  std::mutex listener_mu_;
+  std::function<void()> ready_listener_;  // guarded by listener_mu_
   KvStoreConnectorCounters counters_;  // guarded by mu_
   std::vector<std::thread> fetch_threads_;
 
