@@ -91,7 +91,10 @@ std::optional<CacheApiReply> GetTier(const json& body, const char* key, KvStore&
 
 std::string EncodingName(const ChunkEncoding& e) {
   std::string s(ChunkCodecName(e.codec));
-  if (e.dtype != ChunkDType::kF16) s += "," + std::string(ChunkDTypeName(e.dtype));
+  if (e.dtype != ChunkDType::kF16) {
+    s += ',';
+    s += ChunkDTypeName(e.dtype);
+  }
   return s;
 }
 
