@@ -16,22 +16,39 @@ import random
 import numpy as np
 
 
+_DOC_STARTS = {}
+
+
+def _doc_starts(stream):
+    """Positions of BOS (document starts) in the stream, cached per stream."""
+    k = id(stream)
+    if k not in _DOC_STARTS:
+        _DOC_STARTS[k] = np.flatnonzero(stream == 1)
+    return _DOC_STARTS[k]
+
+
 def make_rows(gen, stream, rng, n, L):
-    """n task rows of exactly L+1 tokens: task sequences (each BOS first) packed while at least 96 tokens
-    are left, then EOS + a text window. The first task of a row may span the whole row (distances up to
-    ~0.92 L); later ones are shorter."""
+    """n task rows of exactly L+1 tokens: task documents (each BOS + task marker ... answer + EOS, see
+    tasks.TaskGen.training_ids) packed while at least 96 tokens are left, then the start of a whole corpus
+    document (BOS first), so task text is never spliced into ordinary text. The first task of a row may
+    span the whole row (distances up to ~0.92 L); later ones are shorter."""
     out = np.empty((n, L + 1), dtype=np.uint16)
+    starts = _doc_starts(stream)
     for i in range(n):
         ids = gen.training_ids(L)
         while L + 1 - len(ids) > 96:
             ids += gen.training_ids(L + 1 - len(ids))
         ids = ids[: L + 1]
-        if len(ids) < L + 1:
-            ids.append(2)
-            m = L + 1 - len(ids)
-            if m > 0:
+        m = L + 1 - len(ids)
+        if m > 0:
+            s = -1
+            for _ in range(20):
+                s = int(starts[rng.randrange(0, len(starts))]) if len(starts) else -1
+                if 0 <= s < len(stream) - m:
+                    break
+            if not (0 <= s < len(stream) - m):
                 s = rng.randrange(0, len(stream) - m - 1)
-                ids.extend(stream[s:s + m].tolist())
+            ids.extend(stream[s:s + m].tolist())
         out[i] = ids
     return out
 

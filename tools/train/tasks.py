@@ -29,6 +29,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUCKETS = [128, 256, 512, 1024, 1900]
 TASKS = ["kv_recall", "repeat", "mdqa"]
+# Every task example is its own document: BOS, this marker line, the task text, the answer, EOS
+# (training), so task text is recognizable from its first tokens and never appears inside ordinary
+# prose. Eval prompts start with BOS + the same marker.
+TASK_MARKER = "### Task\n"
 
 FIRST = ("Mara Tobin Elsa Rowan Ivo Nadia Oren Petra Silas Talia Umar Vera Wendel Yara Zane Aldo "
          "Bryn Cato Dara Emil Fenna Gideon Hana Ilse Jonas Kira Lars Mina Nico Odile Pavel Quinn "
@@ -77,10 +81,11 @@ class TaskGen:
 
     # -- tasks: return (text_before_answer, answer, char position of the needed fact) ---
     def kv_recall(self, distance, n_distract=3):
-        names = set()
+        names = []  # a list, not a set: set order depends on PYTHONHASHSEED (eval sets must be reproducible)
         while len(names) < n_distract + 1:
-            names.add(self.name())
-        names = list(names)
+            nm = self.name()
+            if nm not in names:
+                names.append(nm)
         codes = [self.code() for _ in names]
         target = 0
         parts = [self.filler(self.rng.randrange(8, 40))]
@@ -109,10 +114,11 @@ class TaskGen:
     def mdqa(self, distance, n_docs=None, target=None):
         r = self.rng
         n_docs = n_docs or r.randrange(3, 7)
-        countries = set()
+        countries = []
         while len(countries) < n_docs:
-            countries.add(self.word(r.randrange(2, 4)))
-        countries = list(countries)
+            c = self.word(r.randrange(2, 4))
+            if c not in countries:
+                countries.append(c)
         cities = [self.word(2) for _ in countries]
         doc_len = max(16, distance // n_docs)
         # the answer document is far from the question: the first one for long distances
@@ -130,25 +136,29 @@ class TaskGen:
         return text, " " + cities[target], fact_pos
 
     def make(self, task, distance, for_eval=False):
+        """(TASK_MARKER + text before the answer, answer, char position of the needed fact)."""
         if task == "mdqa" and for_eval:
-            return self.mdqa(distance, target=0)  # answer in the first document: distance ~ bucket
-        return getattr(self, task)(distance)
+            text, ans, pos = self.mdqa(distance, target=0)  # answer in the first document: distance ~ bucket
+        else:
+            text, ans, pos = getattr(self, task)(distance)
+        return TASK_MARKER + text, ans, pos + len(TASK_MARKER)
 
     # -- training sequences ---------------------------------------------------------------
     def training_ids(self, L):
         """Token ids (BOS first, about L long) of one random task sequence with answers."""
         task = self.rng.choice(TASKS)
         # distances spread over the whole window (the eval buckets go from 128 to 1900 tokens);
-        # shorter examples are followed by EOS + corpus text (taskfeed.make_rows / train.Batcher)
+        # shorter examples are followed by more task documents, then a whole corpus document (BOS first)
+        # (taskfeed.make_rows)
         target = self.rng.randint(max(16, L // 32), max(32, int(L * 0.92)))
         if task == "mdqa":
             # several docs; distance to the answer varies with the target doc's index
             text, ans, _ = self.mdqa(target)
+            text = TASK_MARKER + text
         else:
             text, ans, _ = self.make(task, target)
-        extra = ""
-        ids = [1] + self.sp.encode(text + ans + extra)
-        return ids
+        # one document: BOS, marker, task, answer, EOS
+        return [1] + self.sp.encode(text + ans) + [2]
 
 
 def make_eval(sp, stream, out_dir, n_per_bucket, seed):
@@ -161,7 +171,7 @@ def make_eval(sp, stream, out_dir, n_per_bucket, seed):
             for b in BUCKETS:
                 made = 0
                 tries = 0
-                while made < n_per_bucket and tries < n_per_bucket * 5:
+                while made < n_per_bucket and tries < n_per_bucket * 50:
                     tries += 1
                     prompt, answer, fact_pos = gen.make(task, b, for_eval=True)
                     pids = [1] + sp.encode(prompt)

@@ -170,6 +170,8 @@ def main():
     ap.add_argument("--eval-every-min", type=float, default=10)
     ap.add_argument("--pack-dir", help="also write compact fp16 weights (weights.partK.pt) here at every "
                     "checkpoint and at the end")
+    ap.add_argument("--train-file", default="train.bin", help="train token stream inside --tok (e.g. a smaller "
+                    "train_small.bin for a fine-tune whose carried files must stay small)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init-gguf", help="start a new run from these weights (e.g. models/strata-default.gguf); "
                     "shape flags are taken from the file")
@@ -190,7 +192,7 @@ def main():
         log.write(json.dumps(rec) + "\n")
         log.flush()
 
-    train_stream = load_stream(os.path.join(args.tok, "train.bin"))
+    train_stream = load_stream(os.path.join(args.tok, args.train_file))
     val_stream = load_stream(os.path.join(args.tok, "val.bin"))
     tok_path = os.path.join(args.tok, "strata.model")
 
