@@ -38,7 +38,9 @@ TEST(TaskEval, LoaderRejectsBadLines) {
   for (const char* text : bad) {
     auto r = LoadTaskExamples(WriteFile("bad.jsonl", text));
     EXPECT_FALSE(r.ok()) << text;
-    if (!r.ok()) EXPECT_NE(r.status().message().find("bad.jsonl"), std::string::npos) << r.status().message();
+    if (!r.ok()) {
+      EXPECT_NE(r.status().message().find("bad.jsonl"), std::string::npos) << r.status().message();
+    }
   }
   auto good = LoadTaskExamples(
       WriteFile("good.jsonl", R"({"task": "x", "bucket": 1, "distance": 2, "prompt_ids": [1, 5], "answer_ids": [3, 4]})"
@@ -68,7 +70,10 @@ TEST(TaskEval, ScoringMatchesReferenceForward) {
     std::string ids;
     std::vector<TokenId> all = ex.prompt_ids;
     all.insert(all.end(), ex.answer_ids.begin(), ex.answer_ids.end() - 1);
-    for (size_t i = 0; i < all.size(); ++i) ids += (i ? "," : "") + std::to_string(all[i]);
+    for (size_t i = 0; i < all.size(); ++i) {
+      if (i > 0) ids += ',';
+      ids += std::to_string(all[i]);
+    }
     const std::string npy = testing::TestDataDir("task_eval") + "/ref_" + task + ".npy";
     auto r = testing::RunCommand(testing::Python() + " " + testing::SourceDir() + "/tools/ref/ref_forward.py " +
                                  DefaultModel() + " --quiet --tokens " + ids + " --logits-out " + npy);
@@ -104,6 +109,34 @@ TEST(TaskEval, ScoringMatchesReferenceForward) {
     EXPECT_EQ(got->correct_tokens, correct_tokens);
     EXPECT_EQ(got->correct, correct_tokens == static_cast<int>(ex.answer_ids.size()));
   }
+}
+
+// An f16 round trip through the chunk format is lossless; int8 changes the
+// prompt's KV, so the answer's likelihood moves (a little).
+TEST(TaskEval, KvRoundTripIsExactForF16AndLossyForInt8) {
+  if (!std::filesystem::exists(DefaultModel())) GTEST_SKIP() << "no default model";
+  auto model = Model::Load(DefaultModel());
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  auto gen = Generator::Create(**model, 2, 512);
+  ASSERT_TRUE(gen.ok());
+  auto examples = LoadTaskExamples(testing::SourceDir() + "/models/eval/kv_recall.jsonl");
+  ASSERT_TRUE(examples.ok()) << examples.status().message();
+  const TaskExample& ex = examples->front();
+  ASSERT_GT(ex.prompt_ids.size(), 64u);
+  auto exact = ScoreTaskExample(**gen, ex);
+  ASSERT_TRUE(exact.ok()) << exact.status().message();
+  TaskEvalOptions o;
+  o.chunk_tokens = 32;
+  o.kv_roundtrip = ChunkEncoding{ChunkCodec::kLz4, ChunkDType::kF16};
+  auto f16 = ScoreTaskExample(**gen, ex, o);
+  ASSERT_TRUE(f16.ok()) << f16.status().message();
+  EXPECT_EQ(f16->answer_nll, exact->answer_nll);
+  EXPECT_EQ(f16->predicted, exact->predicted);
+  o.kv_roundtrip = ChunkEncoding{ChunkCodec::kRaw, ChunkDType::kInt8};
+  auto i8 = ScoreTaskExample(**gen, ex, o);
+  ASSERT_TRUE(i8.ok()) << i8.status().message();
+  EXPECT_NE(i8->answer_nll, exact->answer_nll);
+  EXPECT_NEAR(i8->answer_nll, exact->answer_nll, 0.5 + 0.5 * exact->answer_nll);
 }
 
 TEST(TaskEval, ContextTooSmallIsAClearError) {

@@ -24,7 +24,26 @@ struct EvalFlags {
   int limit = 0;            // examples per (task, bucket); 0 = all
   std::string json_out;
   bool per_example = false;
+  std::string kv_roundtrip;  // "" or a chunk encoding, e.g. "int8", "lz4,int8"
+  int chunk_tokens = 256;
 };
+
+// "int8", "raw", "zstd,int8", ... → a chunk encoding.
+Expected<ChunkEncoding> ParseEncoding(const std::string& spec) {
+  ChunkEncoding enc;
+  std::stringstream ss(spec);
+  for (std::string part; std::getline(ss, part, ',');) {
+    if (auto d = ParseChunkDType(part); d.ok()) {
+      enc.dtype = *d;
+    } else if (auto c = ParseChunkCodec(part); c.ok()) {
+      enc.codec = *c;
+    } else {
+      return Status::InvalidArgument("--kv-roundtrip: unknown encoding '" + part +
+                                     "' (use f16 or int8, optionally with raw, zstd or lz4)");
+    }
+  }
+  return enc;
+}
 
 std::vector<std::string> DefaultTaskFiles() {
   std::vector<std::string> out;
@@ -53,6 +72,13 @@ int RunEval(EvalFlags f) {
     }
   }
   if (examples.empty()) return Fail(Status::InvalidArgument("no examples selected (check --task and the files)"));
+  TaskEvalOptions options;
+  options.chunk_tokens = f.chunk_tokens;
+  if (!f.kv_roundtrip.empty()) {
+    auto enc = ParseEncoding(f.kv_roundtrip);
+    if (!enc.ok()) return Fail(enc.status());
+    options.kv_roundtrip = *enc;
+  }
   auto model = LoadModel(f.model);
   if (!model.ok()) return Fail(model.status());
   size_t longest = 0;
@@ -65,7 +91,7 @@ int RunEval(EvalFlags f) {
   ProgressBar bar("eval", static_cast<int64_t>(examples.size()));
   int correct = 0;
   for (size_t i = 0; i < examples.size(); ++i) {
-    auto r = ScoreTaskExample(**gen, examples[i]);
+    auto r = ScoreTaskExample(**gen, examples[i], options);
     if (!r.ok()) {
       bar.Finish();
       return Fail(Status(r.status().code(), examples[i].task + " example " + std::to_string(i) + ": " +
@@ -80,21 +106,27 @@ int RunEval(EvalFlags f) {
   bar.Finish();
 
   const auto summary = SummarizeTaskResults(examples, results);
-  std::printf("| task      | distance bucket | mean distance |  n | accuracy | token accuracy |\n");
-  std::printf("|-----------|----------------:|--------------:|---:|---------:|---------------:|\n");
+  if (options.kv_roundtrip) {
+    std::printf("prompt KV round-tripped through %s/%s chunks of %d tokens\n",
+                std::string(ChunkDTypeName(options.kv_roundtrip->dtype)).c_str(),
+                std::string(ChunkCodecName(options.kv_roundtrip->codec)).c_str(), options.chunk_tokens);
+  }
+  std::printf("| task      | distance bucket | mean distance |  n | accuracy | token accuracy | answer NLL |\n");
+  std::printf("|-----------|----------------:|--------------:|---:|---------:|---------------:|-----------:|\n");
   for (const auto& s : summary) {
-    std::printf("| %-9s | %15d | %13.0f | %2d | %8.3f | %14.3f |\n", s.task.c_str(), s.bucket, s.mean_distance, s.n,
-                s.accuracy(), s.token_accuracy);
+    std::printf("| %-9s | %15d | %13.0f | %2d | %8.3f | %14.3f | %10.4f |\n", s.task.c_str(), s.bucket,
+                s.mean_distance, s.n, s.accuracy(), s.token_accuracy, s.mean_answer_nll);
   }
   if (!f.json_out.empty()) {
     nlohmann::json j;
     j["model"] = f.model.model_path;
     j["n_ctx"] = n_ctx;
+    j["kv_roundtrip"] = f.kv_roundtrip;
     j["longest_example_tokens"] = longest;
     for (const auto& s : summary) {
       j["buckets"].push_back({{"task", s.task}, {"bucket", s.bucket}, {"n", s.n}, {"correct", s.correct},
                               {"accuracy", s.accuracy()}, {"token_accuracy", s.token_accuracy},
-                              {"mean_distance", s.mean_distance}});
+                              {"mean_distance", s.mean_distance}, {"mean_answer_nll", s.mean_answer_nll}});
     }
     if (f.per_example) {
       for (size_t i = 0; i < examples.size(); ++i) {
@@ -125,6 +157,11 @@ void RegisterEval(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--json", flags->json_out, "also write the results as JSON to this file");
   cmd->add_flag("--per-example", flags->per_example, "include every example's result in the JSON");
+  cmd->add_option("--kv-roundtrip", flags->kv_roundtrip,
+                  "encode and decode the prompt's KV in this chunk encoding before scoring, as a store tier "
+                  "would (e.g. int8, lz4,int8): measures what a lossy cold-tier format costs");
+  cmd->add_option("--kv-chunk-tokens", flags->chunk_tokens, "chunk size for --kv-roundtrip")
+      ->check(CLI::PositiveNumber);
   cmd->callback([flags] { ExitCode() = RunEval(*flags); });
 }
 

@@ -13,7 +13,10 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
 #include "base/status.h"
+#include "cache/chunk_format.h"
 #include "engine/generator.h"
 
 namespace strata {
@@ -38,9 +41,20 @@ struct TaskExampleResult {
   std::vector<TokenId> predicted;    // argmax at each answer position
 };
 
+// How the prompt's KV is treated before the answer is scored.
+struct TaskEvalOptions {
+  // When set, the KV of every full chunk of the prompt (all but its last
+  // token) is encoded in this chunk encoding and decoded back in place, as a
+  // load from a store tier in that format would deliver it; lossy encodings
+  // (int8) thus show their cost on the task.
+  std::optional<ChunkEncoding> kv_roundtrip;
+  int chunk_tokens = 256;
+};
+
 // Scores one example from an empty KV cache. kOutOfRange when prompt +
 // answer does not fit the generator's context.
-Expected<TaskExampleResult> ScoreTaskExample(Generator& gen, const TaskExample& ex);
+Expected<TaskExampleResult> ScoreTaskExample(Generator& gen, const TaskExample& ex,
+                                             const TaskEvalOptions& options = {});
 
 struct TaskBucketSummary {
   std::string task;
@@ -49,6 +63,7 @@ struct TaskBucketSummary {
   int correct = 0;
   double token_accuracy = 0;  // mean over examples of correct_tokens / answer_tokens
   double mean_distance = 0;
+  double mean_answer_nll = 0;  // per example (summed over its answer tokens)
   double accuracy() const { return n > 0 ? static_cast<double>(correct) / n : 0.0; }
 };
 
