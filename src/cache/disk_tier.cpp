@@ -563,7 +563,15 @@ Status DiskTier::WriteChunk(const ChunkKey& key, const ChunkBlob& blob) {
     ::unlink(tmp.c_str());
     return st;
   }
-  if (options_.fsync) STRATA_RETURN_IF_ERROR(FsyncDir(subdir));
+  if (options_.fsync) {
+    st = FsyncDir(subdir);
+    if (!st.ok()) {
+      // A failed Put is dropped from the index; a whole file left under the
+      // final name would hold disk space that used_bytes no longer counts.
+      ::unlink(final_path.c_str());
+      return st;
+    }
+  }
   return Status::Ok();
 }
 
