@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+#include <unordered_map>
 
 #include "cache/disk_tier.h"
 #include "cache/host_tier.h"
@@ -326,17 +327,19 @@ TEST(StoreIntegration, LoadedRowsAreByteIdenticalToComputedRows) {
     ASSERT_NE(plan.load, nullptr);
     EXPECT_EQ(plan.stored_chunks, 4u);
     EXPECT_EQ(plan.load->planned_end(), 128);
+    ASSERT_TRUE(kv->Reserve(s, 150).ok());
+    ASSERT_TRUE(conn->StartLoad(plan.load, *kv, s).ok());
     while (!plan.load->ready()) conn->WaitForLoads(std::chrono::milliseconds(10));
     ASSERT_EQ(plan.load->end(), 128);
-    ASSERT_TRUE(kv->Reserve(s, 150).ok());
     BatchSeq rest{s, std::span<const TokenId>(prompt).subspan(128), 128, false};
     std::vector<std::shared_ptr<StoreLoad>> loads = {plan.load};
-    auto hooks = conn->PrepareStep({&rest, 1}, loads, *kv);
-    ASSERT_TRUE(hooks.ok());
-    ASSERT_NE(*hooks, nullptr);
-    auto logits = ctx.Forward({&rest, 1}, *kv, *hooks);
+    ForwardHooks* hooks = conn->PrepareStep(loads);  // null if every layer is already placed
+    auto logits = ctx.Forward({&rest, 1}, *kv, hooks);
     conn->FinishStep();
     ASSERT_TRUE(logits.ok());
+    ASSERT_TRUE(plan.load->finished());
+    ASSERT_EQ(plan.load->end(), 128);
+    conn->CompleteLoad(*plan.load);
     EXPECT_TRUE(Rows(*kv, s, 0, have) == before) << "rows the engine already held were overwritten";
     EXPECT_TRUE(Rows(*kv, s, 0, 128) == want) << "loaded KV differs from computed KV";
     // The suffix (22 rows, GEMM regime in both runs) is computed over the
@@ -558,6 +561,110 @@ TEST(StoreIntegration, LoadingDoesNotBlockAndCanBeCancelledOrTimeOut) {
     EXPECT_EQ(c.timed_out_fetches, 1u);
     EXPECT_EQ(c.fallbacks, 1u);
     g->Open();  // lets the store's background fetch finish before it is destroyed
+  }
+}
+
+// A tier that serves every chunk's prefix and layer-0 section at once and
+// later layers `delay` late (a slow link), optionally corrupting the last
+// layer of one chunk: the sequence joins its forward pass after layer 0 and
+// the failure surfaces mid-pass. (The connector asks for a chunk's sections
+// in layer order, so the n-th section request for a key is layer n.)
+class SlowLayersTier final : public Tier {
+ public:
+  SlowLayersTier(std::unique_ptr<Tier> inner, std::chrono::milliseconds delay)
+      : inner_(std::move(inner)), delay_(delay) {}
+  ~SlowLayersTier() override {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return in_flight_ == 0; });
+  }
+  void CorruptLastLayerOf(const ChunkKey& key) { bad_ = key; }
+  std::string_view name() const override { return "slow"; }
+  bool Contains(const ChunkKey& key) override { return inner_->Contains(key); }
+  std::future<Expected<ChunkBlob>> Get(const ChunkKey& key) override { return inner_->Get(key); }
+  std::future<Expected<ChunkBlob>> GetRange(const ChunkKey& key, ByteRange range) override {
+    if (range.offset == 0) return inner_->GetRange(key, range);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (sections_[key]++ == 0) return inner_->GetRange(key, range);
+      ++in_flight_;
+    }
+    auto promise = std::make_shared<std::promise<Expected<ChunkBlob>>>();
+    auto f = promise->get_future();
+    std::thread([this, key, range, promise] {
+      std::this_thread::sleep_for(delay_);
+      Expected<ChunkBlob> whole = inner_->Get(key).get();
+      Expected<ChunkBlob> part = whole.ok() ? SliceBlob(*whole, range, key) : Expected<ChunkBlob>(whole.status());
+      if (part.ok() && key == bad_ && range.offset + range.length == whole->size()) {
+        std::vector<uint8_t> bytes(part->bytes().begin(), part->bytes().end());
+        bytes[bytes.size() / 2] ^= 0x20;
+        part = ChunkBlob::Adopt(std::move(bytes));
+      }
+      promise->set_value(std::move(part));
+      std::lock_guard<std::mutex> lock(mu_);
+      --in_flight_;
+      cv_.notify_all();
+    }).detach();
+    return f;
+  }
+  std::future<Status> Put(const ChunkKey& key, ChunkBlob blob) override { return inner_->Put(key, std::move(blob)); }
+  Status Remove(const ChunkKey& key) override { return inner_->Remove(key); }
+  Status Clear() override { return inner_->Clear(); }
+  Status Pin(const ChunkKey& key, std::chrono::milliseconds ttl) override { return inner_->Pin(key, ttl); }
+  Status Unpin(const ChunkKey& key) override { return inner_->Unpin(key); }
+  void SetEvictionListener(EvictionListener l) override { inner_->SetEvictionListener(std::move(l)); }
+  Status Health() override { return inner_->Health(); }
+  TierStats stats() const override { return inner_->stats(); }
+
+ private:
+  std::unique_ptr<Tier> inner_;
+  std::chrono::milliseconds delay_;
+  ChunkKey bad_{};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int in_flight_ = 0;
+  std::unordered_map<ChunkKey, int, ChunkKeyHash> sections_;  // section requests so far, per key
+};
+
+// Layer-wise loading overlaps the forward pass: the sequence starts
+// computing with only layer 0 in place and waits at later layers. A chunk
+// whose last layer turns out corrupt, or arrives after the timeout, is found
+// mid-pass: the pass's work for the sequence is thrown away, the prefix
+// after the last good chunk is recomputed, and the output is unchanged.
+TEST(StoreIntegration, LayersArriveDuringTheForwardPassAndMidPassFailuresRecompute) {
+  const Model& m = Trained();
+  const auto prompt = Prompt(m, 100, 31);
+  const auto want = Outputs(RunSequential(m, nullptr, {prompt}, Greedy(8)));
+  for (const std::string fault : {"none", "corrupt last layer", "late layers time out"}) {
+    SCOPED_TRACE(fault);
+    const bool times_out = fault == "late layers time out";
+    auto tier = std::make_unique<SlowLayersTier>(Host(), std::chrono::milliseconds(times_out ? 1500 : 300));
+    SlowLayersTier* slow = tier.get();
+    auto store = MakeStore(std::move(tier));
+    auto conn = Connect(m, *store, times_out ? 700 : 20000);
+    RunSequential(m, conn.get(), {prompt}, Greedy(1));  // stores chunks 0..2 (96 tokens)
+    const auto keys = conn->KeysFor(std::span<const TokenId>(prompt).first(96), "");
+    if (fault == "corrupt last layer") slow->CorruptLastLayerOf(keys[1]);
+    const auto before = conn->counters();
+    const auto got = RunSequential(m, conn.get(), {prompt}, Greedy(8));
+    const auto c = conn->counters();
+    EXPECT_EQ(got[0].tokens, want[0]);
+    if (fault == "none") {
+      EXPECT_EQ(got[0].last.store_cached_tokens, 96);
+      EXPECT_EQ(c.discarded_passes, 0u);
+      EXPECT_GT(c.layer_wait_seconds - before.layer_wait_seconds, 0.1)
+          << "the forward pass never waited for a layer: the load did not overlap it";
+    } else if (fault == "corrupt last layer") {
+      EXPECT_EQ(got[0].last.store_cached_tokens, 32) << "only the chunk before the bad one counts";
+      EXPECT_EQ(c.corrupt_chunks - before.corrupt_chunks, 1u);
+      EXPECT_EQ(c.discarded_passes - before.discarded_passes, 1u);
+      EXPECT_EQ(c.fallbacks - before.fallbacks, 1u);
+    } else {
+      // Layer 0 arrives at once, later layers after the timeout: found
+      // mid-pass, nothing but the engine's own compute is used.
+      EXPECT_EQ(got[0].last.store_cached_tokens, 0);
+      EXPECT_GE(c.timed_out_fetches - before.timed_out_fetches, 1u);
+      EXPECT_EQ(c.discarded_passes - before.discarded_passes, 1u);
+    }
   }
 }
 

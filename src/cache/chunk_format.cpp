@@ -418,9 +418,13 @@ namespace {
 struct Frame {
   uint64_t n_layers, n_heads, head_dim, tokens;
   uint64_t table_off, data_off;
+  uint64_t total;
 };
 
-Expected<Frame> ParseFrame(std::span<const uint8_t> b) {
+// `b` is the whole chunk, or (prefix_only) at least its first
+// ChunkPrefixBytes: then the total size is the header's, checked by whoever
+// reads the sections.
+Expected<Frame> ParseFrame(std::span<const uint8_t> b, bool prefix_only = false) {
   if (b.size() < kHeaderBytes) {
     return Status::Corrupt("chunk is " + std::to_string(b.size()) + " bytes, shorter than its " +
                            std::to_string(kHeaderBytes) + "-byte header");
@@ -437,11 +441,12 @@ Expected<Frame> ParseFrame(std::span<const uint8_t> b) {
                            std::to_string(kHeaderBytes));
   }
   const uint64_t total = GetU64(h + kOffTotalBytes);
-  if (total != b.size()) {
+  if (!prefix_only && total != b.size()) {
     return Status::Corrupt("chunk header says " + std::to_string(total) + " bytes, have " + std::to_string(b.size()) +
                            (total > b.size() ? " (truncated)" : ""));
   }
   Frame f{};
+  f.total = total;
   f.n_layers = GetU32(h + kOffLayers);
   f.n_heads = GetU32(h + kOffKvHeads);
   f.head_dim = GetU32(h + kOffHeadDim);
@@ -461,7 +466,7 @@ Expected<Frame> ParseFrame(std::span<const uint8_t> b) {
   uint64_t tok_bytes = 0, table_bytes = 0;
   if (!MulOk(f.tokens, 4, &tok_bytes) || !AddOk(kHeaderBytes, tok_bytes, &f.table_off) ||
       !MulOk(f.n_layers, kSectionEntryBytes, &table_bytes) || !AddOk(f.table_off, table_bytes, &f.data_off) ||
-      f.data_off > b.size()) {
+      f.data_off > b.size() || f.data_off > total) {
     return Status::Corrupt("chunk of " + std::to_string(b.size()) + " bytes is too short for " +
                            std::to_string(f.tokens) + " tokens and " + std::to_string(f.n_layers) + " layer sections");
   }
@@ -494,9 +499,34 @@ Expected<ChunkMeta> PeekChunkMeta(std::span<const uint8_t> bytes) {
   return m;
 }
 
+uint64_t ChunkPrefixBytes(const ChunkMeta& meta) {
+  return kHeaderBytes + 4 * static_cast<uint64_t>(meta.tokens.size()) +
+         kSectionEntryBytes * static_cast<uint64_t>(std::max(meta.n_layers, 0));
+}
+
 Expected<ChunkReader> ChunkReader::Open(ChunkBlob blob, const ChunkMeta& expect) {
-  const std::span<const uint8_t> b = blob.bytes();
-  STRATA_ASSIGN_OR_RETURN(const Frame frame, ParseFrame(b));
+  STRATA_ASSIGN_OR_RETURN(ChunkReader r, OpenImpl(blob.bytes(), /*prefix_only=*/false, expect));
+  r.blob_ = std::move(blob);
+  return r;
+}
+
+Expected<ChunkReader> ChunkReader::OpenPrefix(std::span<const uint8_t> prefix, const ChunkMeta& expect) {
+  if (prefix.size() != ChunkPrefixBytes(expect)) {
+    return Status::Corrupt("chunk prefix of " + std::to_string(prefix.size()) + " bytes, expected " +
+                           std::to_string(ChunkPrefixBytes(expect)) + " (truncated chunk)");
+  }
+  return OpenImpl(prefix, /*prefix_only=*/true, expect);
+}
+
+ByteRange ChunkReader::SectionRange(int layer) const {
+  if (layer < 0 || layer >= n_layers_) return ByteRange{};
+  const Section& s = sections_[static_cast<size_t>(layer)];
+  return ByteRange{s.offset, s.encoded_bytes};
+}
+
+Expected<ChunkReader> ChunkReader::OpenImpl(std::span<const uint8_t> b, bool prefix_only, const ChunkMeta& expect) {
+  STRATA_ASSIGN_OR_RETURN(const Frame frame, ParseFrame(b, prefix_only));
+  const uint64_t total = frame.total;
   const uint8_t* h = b.data();
   const uint64_t n_layers = frame.n_layers, n_heads = frame.n_heads, head_dim = frame.head_dim,
                  tokens = frame.tokens, table_off = frame.table_off, data_off = frame.data_off;
@@ -567,9 +597,9 @@ Expected<ChunkReader> ChunkReader::Open(ChunkBlob blob, const ChunkMeta& expect)
                              std::to_string(expect_off));
     }
     uint64_t end = 0;
-    if (!AddOk(s.offset, s.encoded_bytes, &end) || end > b.size()) {
+    if (!AddOk(s.offset, s.encoded_bytes, &end) || end > total) {
       return Status::Corrupt(where + std::to_string(s.encoded_bytes) + " bytes at " + std::to_string(s.offset) +
-                             " run past the chunk's " + std::to_string(b.size()) + " bytes");
+                             " run past the chunk's " + std::to_string(total) + " bytes");
     }
     if (s.decoded_bytes != decoded) {
       return Status::Corrupt(where + "decodes to " + std::to_string(s.decoded_bytes) + " bytes, the layout needs " +
@@ -582,10 +612,9 @@ Expected<ChunkReader> ChunkReader::Open(ChunkBlob blob, const ChunkMeta& expect)
     expect_off = end;
     r.sections_.push_back(s);
   }
-  if (expect_off != b.size()) {
-    return Status::Corrupt("chunk has " + std::to_string(b.size() - expect_off) + " bytes after its last section");
+  if (expect_off != total) {
+    return Status::Corrupt("chunk has " + std::to_string(total - expect_off) + " bytes after its last section");
   }
-  r.blob_ = std::move(blob);
   return r;
 }
 
@@ -600,7 +629,30 @@ Status ChunkReader::DecodeLayer(int layer, const KvLayerView& dst, int64_t skip)
       layer, [&](int which, int64_t t) { return which == 0 ? dst.KRow(first + t) : dst.VRow(first + t); }, skip);
 }
 
+Status ChunkReader::DecodeSection(int layer, std::span<const uint8_t> section, const KvLayerView& dst, int64_t skip) {
+  if (dst.k == nullptr || dst.v == nullptr) return Status::InvalidArgument("decode target has no K/V memory");
+  if (dst.capacity < first_position_ + token_count_) {
+    return Status::OutOfRange("decode target holds " + std::to_string(dst.capacity) + " positions, the chunk ends at " +
+                              std::to_string(first_position_ + token_count_));
+  }
+  const int64_t first = first_position_;
+  return DecodeSectionRows(
+      layer, section, [&](int which, int64_t t) { return which == 0 ? dst.KRow(first + t) : dst.VRow(first + t); },
+      skip);
+}
+
 Status ChunkReader::DecodeLayerRows(int layer, const std::function<fp16_t*(int which, int64_t t)>& row, int64_t skip) {
+  if (layer < 0 || layer >= n_layers_) {
+    return Status::InvalidArgument("layer " + std::to_string(layer) + " out of range (chunk has " +
+                                   std::to_string(n_layers_) + ")");
+  }
+  if (blob_.empty()) return Status::InvalidArgument("reader opened from a prefix: decode sections with DecodeSection");
+  const Section& s = sections_[static_cast<size_t>(layer)];
+  return DecodeSectionRows(layer, blob_.bytes().subspan(s.offset, s.encoded_bytes), row, skip);
+}
+
+Status ChunkReader::DecodeSectionRows(int layer, std::span<const uint8_t> enc,
+                                      const std::function<fp16_t*(int which, int64_t t)>& row, int64_t skip) {
   if (layer < 0 || layer >= n_layers_) {
     return Status::InvalidArgument("layer " + std::to_string(layer) + " out of range (chunk has " +
                                    std::to_string(n_layers_) + ")");
@@ -609,7 +661,10 @@ Status ChunkReader::DecodeLayerRows(int layer, const std::function<fp16_t*(int w
     return Status::InvalidArgument("skip " + std::to_string(skip) + " out of range 0.." + std::to_string(token_count_));
   }
   const Section& s = sections_[static_cast<size_t>(layer)];
-  const std::span<const uint8_t> enc = blob_.bytes().subspan(s.offset, s.encoded_bytes);
+  if (enc.size() != s.encoded_bytes) {
+    return Status::Corrupt("layer " + std::to_string(layer) + " section is " + std::to_string(enc.size()) +
+                           " bytes, the section table says " + std::to_string(s.encoded_bytes));
+  }
   if (Checksum(enc) != s.checksum) {
     return Status::Corrupt("layer " + std::to_string(layer) + " section checksum mismatch");
   }

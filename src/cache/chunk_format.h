@@ -82,12 +82,28 @@ Expected<ChunkBlob> TranscodeChunk(const ChunkBlob& blob, const ChunkMeta& expec
 // hand); whatever loads KV opens the chunk with its own expectations.
 Expected<ChunkMeta> PeekChunkMeta(std::span<const uint8_t> bytes);
 
+// Bytes before a chunk's first layer section (header, token ids, section
+// table) for a chunk described by `meta`: what a streaming reader fetches
+// first.
+uint64_t ChunkPrefixBytes(const ChunkMeta& meta);
+
 class ChunkReader {
  public:
   // Parses and verifies the header, tokens and section table against
   // `expect` (all fields, including every token). Cheap: no section is
   // decompressed yet.
   static Expected<ChunkReader> Open(ChunkBlob blob, const ChunkMeta& expect);
+
+  // Streaming: the same checks from the chunk's first ChunkPrefixBytes(expect)
+  // bytes only; the sections are then fetched (SectionRange) and decoded
+  // (DecodeSection) one layer at a time. The sections must end exactly at
+  // the size the header states.
+  static Expected<ChunkReader> OpenPrefix(std::span<const uint8_t> prefix, const ChunkMeta& expect);
+  // Where layer `layer`'s section lies in the chunk.
+  ByteRange SectionRange(int layer) const;
+  // Like DecodeLayer, from the section's bytes fetched on their own;
+  // verifies their size and checksum first.
+  Status DecodeSection(int layer, std::span<const uint8_t> section, const KvLayerView& dst, int64_t skip = 0);
 
   ChunkEncoding encoding() const { return enc_; }
   int64_t token_count() const { return token_count_; }
@@ -103,8 +119,11 @@ class ChunkReader {
   // DecodeLayer's body, writing row t (0-based in the chunk) of K (which 0)
   // or V (which 1) to row(which, t); TranscodeChunk decodes into a buffer.
   Status DecodeLayerRows(int layer, const std::function<fp16_t*(int which, int64_t t)>& row, int64_t skip);
+  Status DecodeSectionRows(int layer, std::span<const uint8_t> section,
+                           const std::function<fp16_t*(int which, int64_t t)>& row, int64_t skip);
+  static Expected<ChunkReader> OpenImpl(std::span<const uint8_t> b, bool prefix_only, const ChunkMeta& expect);
 
-  ChunkBlob blob_;
+  ChunkBlob blob_;  // empty when opened from a prefix
   ChunkEncoding enc_;
   int n_layers_ = 0;
   int64_t kv_dim_ = 0;

@@ -858,4 +858,97 @@ TierStats DiskTier::stats() const {
   return s;
 }
 
+// A range read opens the file, checks the tier header (key, version, and
+// that the file is as long as the header says: a torn file fails here) and
+// preads just the range. The whole-payload checksum cannot be checked
+// without reading everything; the caller verifies what it reads (the chunk
+// format checksums its header and every layer section). Buffered I/O: ranges
+// are neither aligned nor large, and the sections of one chunk are read back
+// to back, so the page cache's read-ahead helps.
+Expected<ChunkBlob> DiskTier::ReadRange(const ChunkKey& key, ByteRange range, bool* damaged) {
+  const std::string path = PathFor(key);
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) return ErrnoStatus(errno, "opening " + path);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "stat " + path);
+  const size_t size = static_cast<size_t>(st.st_size);
+  FileHeader h;
+  *damaged = true;  // until the file's own header checks out
+  if (size < kHeaderSize) return Status::Corrupt(path + ": shorter than its header");
+  std::vector<Segment> segs{{reinterpret_cast<uint8_t*>(&h), kHeaderSize, 0}};
+  auto got = DoIo(fd.get(), /*write=*/false, segs, false, /*use_uring=*/false, path);
+  if (!got.ok()) return got.status();
+  if (*got < kHeaderSize) return Status::Corrupt(path + ": truncated while reading");
+  STRATA_RETURN_IF_ERROR(CheckHeader(h, key, size, path));
+  *damaged = false;
+  // Past the end of an intact file: the caller's idea of the chunk is wrong
+  // (its reader will report the chunk if the chunk itself is bad).
+  if (range.offset > h.payload_len || range.length > h.payload_len - range.offset) {
+    return Status::Corrupt(path + ": range [" + std::to_string(range.offset) + ", +" + std::to_string(range.length) +
+                           ") runs past the " + std::to_string(h.payload_len) + "-byte chunk");
+  }
+  std::vector<uint8_t> buf(range.length);
+  if (range.length > 0) {
+    segs.clear();
+    AddSegments(&segs, buf.data(), buf.size(), static_cast<off_t>(kHeaderSize + range.offset));
+    got = DoIo(fd.get(), /*write=*/false, segs, false, options_.use_io_uring, path);
+    if (!got.ok()) return got.status();
+    if (*got < buf.size()) return Status::Corrupt(path + ": truncated while reading");
+  }
+  return ChunkBlob::Adopt(std::move(buf));
+}
+
+std::future<Expected<ChunkBlob>> DiskTier::GetRange(const ChunkKey& key, ByteRange range) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = index_.find(key);
+    if (it != index_.end()) {
+      if (range.offset == 0) policy_->Touch(key);
+      if (it->second.writing) {
+        // Read-your-writes while the file is still being written.
+        Expected<ChunkBlob> part = SliceBlob(it->second.pending, range, key);
+        if (part.ok()) {
+          if (range.offset == 0) ++stats_.hits;
+          stats_.bytes_read += part->size();
+        } else {
+          ++stats_.get_failures;
+        }
+        return ReadyFuture<Expected<ChunkBlob>>(std::move(part));
+      }
+    } else if (deleting_.count(key)) {
+      ++stats_.misses;
+      return ReadyFuture<Expected<ChunkBlob>>(Status::NotFound("chunk " + key.Hex() + " is being evicted"));
+    }
+  }
+  return io_->Async<Expected<ChunkBlob>>([this, key, range]() -> Expected<ChunkBlob> {
+    const auto t0 = Clock::now();
+    bool damaged = false;
+    Expected<ChunkBlob> r = ReadRange(key, range, &damaged);
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    bool unlink_bad = false;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = index_.find(key);
+      const bool erasable = it != index_.end() && !it->second.writing;
+      if (r.ok()) {
+        if (range.offset == 0) ++stats_.hits;
+        stats_.bytes_read += r->size();
+        stats_.get_seconds += secs;
+        if (it == index_.end()) ProbeAndAdoptLocked(key, std::nullopt);
+      } else if (r.status().code() == StatusCode::kNotFound) {
+        ++stats_.misses;
+        if (erasable) EraseLocked(key);
+      } else {
+        ++stats_.get_failures;
+        if (r.status().code() == StatusCode::kCorrupt && damaged) {
+          unlink_bad = true;
+          if (erasable) EraseLocked(key);
+        }
+      }
+    }
+    if (unlink_bad) ::unlink(PathFor(key).c_str());
+    return r;
+  });
+}
+
 }  // namespace strata

@@ -82,6 +82,8 @@ class DiskTier final : public Tier {
   std::string_view name() const override { return "disk"; }
   bool Contains(const ChunkKey& key) override;
   std::future<Expected<ChunkBlob>> Get(const ChunkKey& key) override;
+  // pread of the range (after checking the file's tier header).
+  std::future<Expected<ChunkBlob>> GetRange(const ChunkKey& key, ByteRange range) override;
   std::future<Status> Put(const ChunkKey& key, ChunkBlob blob) override;
   Status Remove(const ChunkKey& key) override;
   Status Clear() override;
@@ -128,6 +130,8 @@ class DiskTier final : public Tier {
   void EraseLocked(const ChunkKey& key);
   bool PinnedLocked(const ChunkKey& key, const Entry& e, Clock::time_point now) const;
   Expected<ChunkBlob> ReadChunk(const ChunkKey& key);
+  // *damaged: the file itself is bad (torn, wrong header), not just the range.
+  Expected<ChunkBlob> ReadRange(const ChunkKey& key, ByteRange range, bool* damaged);
   Status WriteChunk(const ChunkKey& key, const ChunkBlob& blob);
   void ProcessVictims(const std::vector<Victim>& victims);
   void FinishPut(const ChunkKey& key, uint64_t id, const Status& st, size_t bytes, double secs);

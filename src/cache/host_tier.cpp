@@ -210,22 +210,38 @@ size_t HostTier::CountPrefix(std::span<const ChunkKey> keys) {
   return n;
 }
 
-std::future<Expected<ChunkBlob>> HostTier::Get(const ChunkKey& key) {
+std::future<Expected<ChunkBlob>> HostTier::Get(const ChunkKey& key) { return Ready(Read(key, std::nullopt)); }
+
+std::future<Expected<ChunkBlob>> HostTier::GetRange(const ChunkKey& key, ByteRange range) {
+  return Ready(Read(key, range));
+}
+
+Expected<ChunkBlob> HostTier::Read(const ChunkKey& key, std::optional<ByteRange> range) {
   const auto t0 = Clock::now();
   std::lock_guard<std::mutex> lock(core_->mu);
   auto it = core_->index.find(key);
   if (it == core_->index.end() || !core_->slots[it->second].ready) {
     ++core_->st.misses;
-    return Ready<Expected<ChunkBlob>>(Status::NotFound("chunk " + key.Hex() + " is not in the " + core_->opt.name +
-                                                       " tier"));
+    return Status::NotFound("chunk " + key.Hex() + " is not in the " + core_->opt.name + " tier");
   }
   const uint32_t s = it->second;
-  core_->policy->Touch(key);
   ChunkBlob blob = HoldBlob(core_, s);
-  ++core_->st.hits;
+  if (range) {
+    Expected<ChunkBlob> part = SliceBlob(blob, *range, key);
+    if (!part.ok()) {
+      ++core_->st.get_failures;
+      return part;
+    }
+    blob = std::move(*part);
+  }
+  // A chunk read range by range counts once, and is touched once.
+  if (!range || range->offset == 0) {
+    core_->policy->Touch(key);
+    ++core_->st.hits;
+  }
   core_->st.bytes_read += blob.size();
   core_->st.get_seconds += SecondsSince(t0);
-  return Ready<Expected<ChunkBlob>>(std::move(blob));
+  return blob;
 }
 
 std::future<Status> HostTier::Put(const ChunkKey& key, ChunkBlob blob) { return Ready(PutNow(key, blob)); }

@@ -28,6 +28,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "base/status.h"
@@ -51,6 +52,7 @@ class HostTier final : public Tier {
   bool Contains(const ChunkKey& key) override;
   size_t CountPrefix(std::span<const ChunkKey> keys) override;
   std::future<Expected<ChunkBlob>> Get(const ChunkKey& key) override;
+  std::future<Expected<ChunkBlob>> GetRange(const ChunkKey& key, ByteRange range) override;
   std::future<Status> Put(const ChunkKey& key, ChunkBlob blob) override;
   Status Remove(const ChunkKey& key) override;
   Status Clear() override;
@@ -65,6 +67,7 @@ class HostTier final : public Tier {
  private:
   explicit HostTier(std::shared_ptr<Core> core);
   Status PutNow(const ChunkKey& key, const ChunkBlob& blob);
+  Expected<ChunkBlob> Read(const ChunkKey& key, std::optional<ByteRange> range);
   std::shared_ptr<Core> core_;
 };
 

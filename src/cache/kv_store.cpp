@@ -8,6 +8,8 @@
 #include <thread>
 #include <unordered_set>
 
+#include "cache/io_executor.h"
+
 namespace strata {
 
 namespace {
@@ -273,6 +275,37 @@ std::future<Expected<ChunkBlob>> KvStore::Fetch(const ChunkKey& key, const Chunk
       },
       /*fetch=*/true);
   return result;
+}
+
+std::future<Expected<ChunkBlob>> KvStore::FetchRange(const ChunkKey& key, int tier, ByteRange range) {
+  Impl* m = impl_.get();
+  if (tier < 0 || tier >= static_cast<int>(m->tiers.size())) {
+    return ReadyFuture<Expected<ChunkBlob>>(Status::InvalidArgument("tier " + std::to_string(tier) + " out of range"));
+  }
+  return m->tiers[static_cast<size_t>(tier)].tier->GetRange(key, range);
+}
+
+void KvStore::Promote(const ChunkKey& key, const ChunkMeta& expect, int from_tier) {
+  Impl* m = impl_.get();
+  if (from_tier <= 0 || from_tier >= static_cast<int>(m->tiers.size())) return;
+  m->Submit(
+      [m, key, expect, from_tier] {
+        bool needed = false;
+        for (int u = 0; u < from_tier && !needed; ++u) needed = !m->tiers[u].tier->Contains(key);
+        if (!needed) return;
+        // The whole chunk, read again (the loader had it in layer-sized
+        // pieces); a second read of the same bytes is cheap next to the
+        // recompute the promotion saves later.
+        Expected<ChunkBlob> got = m->tiers[from_tier].tier->Get(key).get();
+        if (!got.ok()) return;
+        for (int u = from_tier - 1; u >= 0; --u) {
+          if (m->tiers[u].tier->Contains(key)) continue;
+          if (m->PutInto(u, key, expect, *got, /*wait=*/false).ok()) {
+            m->counters[u].promotions_in.fetch_add(1, std::memory_order_relaxed);
+          }
+        }
+      },
+      /*fetch=*/false);
 }
 
 void KvStore::Store(const ChunkKey& key, const ChunkMeta& meta, ChunkBlob blob) {

@@ -91,6 +91,14 @@ class KvStore {
   std::future<Expected<ChunkBlob>> Fetch(const ChunkKey& key, const ChunkMeta& expect, int from_tier = 0,
                                          int* tier_index = nullptr);
 
+  // Layer-wise loading: bytes `range` of the chunk as tier `tier` holds it
+  // (in that tier's encoding; no other tier is tried, no promotion). The
+  // caller verifies what it reads (ChunkReader::OpenPrefix/DecodeSection).
+  std::future<Expected<ChunkBlob>> FetchRange(const ChunkKey& key, int tier, ByteRange range);
+  // After a range-wise load from `from_tier` verified the chunk: copies it
+  // into the tiers above in the background (what Fetch does on a hit).
+  void Promote(const ChunkKey& key, const ChunkMeta& expect, int from_tier);
+
   // Stores a chunk encoded as `blob` (any encoding; usually raw f16 from
   // EncodeChunk). Returns at once; the writes happen in the background.
   void Store(const ChunkKey& key, const ChunkMeta& meta, ChunkBlob blob);

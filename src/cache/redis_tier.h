@@ -71,6 +71,8 @@ class RedisTier final : public Tier {
   bool Contains(const ChunkKey& key) override;
   size_t CountPrefix(std::span<const ChunkKey> keys) override;
   std::future<Expected<ChunkBlob>> Get(const ChunkKey& key) override;
+  // GETRANGE: only the range crosses the network.
+  std::future<Expected<ChunkBlob>> GetRange(const ChunkKey& key, ByteRange range) override;
   std::future<Status> Put(const ChunkKey& key, ChunkBlob blob) override;
   Status Remove(const ChunkKey& key) override;
   Status Clear() override;

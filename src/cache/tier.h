@@ -48,10 +48,18 @@ class ChunkBlob {
   std::span<const uint8_t> bytes() const { return bytes_; }
   size_t size() const { return bytes_.size(); }
   bool empty() const { return bytes_.empty(); }
+  // What keeps the bytes alive (for views of part of them).
+  const std::shared_ptr<const void>& keepalive() const { return owner_; }
 
  private:
   std::span<const uint8_t> bytes_;
   std::shared_ptr<const void> owner_;
+};
+
+// A byte range of a stored chunk (one layer's section, say).
+struct ByteRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
 };
 
 struct TierStats {
@@ -70,6 +78,10 @@ struct TierStats {
   size_t chunks = 0;          // chunks held now (best effort for remote tiers)
   size_t pinned = 0;
 };
+
+// The part `range` of `whole` (sharing its memory), or kCorrupt when the
+// range runs past it.
+Expected<ChunkBlob> SliceBlob(const ChunkBlob& whole, ByteRange range, const ChunkKey& key);
 
 class Tier {
  public:
@@ -92,6 +104,14 @@ class Tier {
   // The stored bytes; kNotFound when absent, kUnavailable/kIoError when the
   // tier failed. A hit refreshes the key in the eviction policy.
   virtual std::future<Expected<ChunkBlob>> Get(const ChunkKey& key) = 0;
+  // Bytes [range.offset, + range.length) of the stored chunk, so a loader
+  // can fetch a chunk layer by layer and start on layer 0 while later layers
+  // are still on their way. kNotFound when absent; kCorrupt when the range
+  // runs past the stored bytes (a truncated chunk). Counts a hit only for a
+  // range at offset 0 (one per chunk read). The default serves views of
+  // Get()'s bytes: right for tiers whose Get is a zero-copy view (host);
+  // tiers that move bytes override it to move only the range.
+  virtual std::future<Expected<ChunkBlob>> GetRange(const ChunkKey& key, ByteRange range);
   // Stores `blob` under `key` (replacing nothing: an existing key is kept
   // and the Put succeeds). kResourceExhausted when it cannot make room
   // (everything pinned, or larger than the budget).

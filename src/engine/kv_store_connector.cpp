@@ -21,18 +21,20 @@ void AddTierTokens(std::vector<StoreTierTokens>* v, std::string_view tier, int64
 
 }  // namespace
 
-// The forward pass's view of the step's placements: layer l's attention
-// waits until layer l's rows of every loading sequence are in KV memory.
+// The forward pass's view of the step's loads: layer l's attention waits
+// until layer l of every loading sequence in the batch is placed (or its
+// load is over: a failure is dealt with after the pass).
 class KvStoreConnector::LayerHooks final : public ForwardHooks {
  public:
   explicit LayerHooks(KvStoreConnector& c) : c_(c) {}
   Status BeforeAttention(int layer) override {
-    std::unique_lock<std::mutex> lock(c_.copy_mu_);
-    if (c_.copy_layers_done_ > layer) return Status::Ok();
-    const auto t0 = Clock::now();
-    c_.copy_cv_.wait(lock, [&] { return c_.copy_layers_done_ > layer || c_.copy_stop_; });
-    wait_seconds_ += std::chrono::duration<double>(Clock::now() - t0).count();
-    if (c_.copy_layers_done_ <= layer) return Status::Internal("the layer loader stopped mid-step");
+    for (const std::shared_ptr<StoreLoad>& load : c_.step_loads_) {
+      std::unique_lock<std::mutex> lock(load->mu_);
+      if (load->layers_done_ > layer || load->finished()) continue;
+      const auto t0 = Clock::now();
+      load->cv_.wait(lock, [&] { return load->layers_done_ > layer || load->finished(); });
+      wait_seconds_ += std::chrono::duration<double>(Clock::now() - t0).count();
+    }
     return Status::Ok();
   }
   double TakeWaitSeconds() {
@@ -63,7 +65,6 @@ Expected<std::unique_ptr<KvStoreConnector>> KvStoreConnector::Create(const Model
   (void)model.fingerprint();  // computed once here, not on the first request
   c->hooks_ = std::make_unique<LayerHooks>(*c);
   for (int i = 0; i < options.fetch_threads; ++i) c->fetch_threads_.emplace_back([p = c.get()] { p->FetchLoop(); });
-  c->copy_thread_ = std::thread([p = c.get()] { p->CopyLoop(); });
   return c;
 }
 
@@ -74,15 +75,12 @@ KvStoreConnector::~KvStoreConnector() {
   }
   work_cv_.notify_all();
   for (std::thread& t : fetch_threads_) t.join();
-  {
-    std::lock_guard<std::mutex> lock(copy_mu_);
-    copy_stop_ = true;
+  // Loads never started: over, nothing placed, so nobody waits on them.
+  for (auto& load : queue_) {
+    load->end_.store(load->begin_, std::memory_order_release);
+    load->finished_.store(true, std::memory_order_release);
+    load->ready_.store(true, std::memory_order_release);
   }
-  copy_cv_.notify_all();
-  copy_thread_.join();
-  ReapStragglers(/*block=*/true);
-  // Loads never started: mark them ready so nobody waits on them.
-  for (auto& load : queue_) load->ready_.store(true, std::memory_order_release);
 }
 
 ChunkKeyContext KvStoreConnector::KeyContext(const std::string& cache_salt) const {
@@ -162,40 +160,73 @@ KvStoreConnector::LoadPlan KvStoreConnector::PlanLoad(std::span<const TokenId> t
   auto load = std::make_shared<StoreLoad>();
   load->begin_ = have;
   load->planned_end_ = static_cast<int64_t>(avail * C);
-  load->end_ = have;
+  load->end_.store(load->planned_end_);
   load->first_chunk_ = static_cast<int>(first);
-  load->started_ = Clock::now();
   load->chunks_.resize(avail - first);
   for (size_t i = first; i < avail; ++i) {
     StoreLoad::Chunk& ch = load->chunks_[i - first];
     ch.key = keys[i];
     ch.meta = MetaFor(keys[i], tokens, i);
-    ch.from_tier = tier_of[i];
+    ch.tier = tier_of[i];
   }
+  plan.load = std::move(load);
+  return plan;
+}
+
+Status KvStoreConnector::StartLoad(const std::shared_ptr<StoreLoad>& load, KvCache& kv, int seq) {
+  if (!load) return Status::InvalidArgument("no load to start");
+  if (seq < 0 || seq >= kv.max_seqs()) return Status::InvalidArgument("KV slot " + std::to_string(seq) + " out of range");
+  if (kv.n_layers() != n_layers_ || kv.kv_dim() != kv_dim_) {
+    return Status::InvalidArgument("the KV memory's shape does not match the model");
+  }
+  load->dst_.clear();
+  for (int l = 0; l < n_layers_; ++l) {
+    KvLayerView v = kv.View(seq, l);
+    if (v.capacity < load->planned_end_) {
+      return Status::Internal("KV slot " + std::to_string(seq) + " holds " + std::to_string(v.capacity) +
+                              " positions, the load ends at " + std::to_string(load->planned_end_));
+    }
+    load->dst_.push_back(v);
+  }
+  // The fetch thread must not read the KV memory's own structures while the
+  // engine thread may change them (a Reserve can move a block table): it
+  // gets its own copy of the table; the blocks themselves stay put.
+  if (load->dst_[0].block_table != nullptr) {
+    const int64_t bs = load->dst_[0].block_size;
+    load->table_.assign(load->dst_[0].block_table, load->dst_[0].block_table + (load->planned_end_ + bs - 1) / bs);
+    for (KvLayerView& v : load->dst_) v.block_table = load->table_.data();
+  }
+  load->started_ = Clock::now();
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++counters_.loads_started;
-    counters_.planned_tokens += static_cast<uint64_t>(load->planned_end_ - have);
+    counters_.planned_tokens += static_cast<uint64_t>(load->planned_end_ - load->begin_);
     ++pending_loads_;
     queue_.push_back(load);
   }
   work_cv_.notify_one();
-  plan.load = std::move(load);
-  return plan;
+  return Status::Ok();
 }
 
 void KvStoreConnector::CancelLoad(const std::shared_ptr<StoreLoad>& load) {
   if (!load) return;
   load->cancelled_.store(true, std::memory_order_release);
-  std::lock_guard<std::mutex> lock(mu_);
-  ++counters_.loads_cancelled;
-  // Not started yet: drop it from the queue.
-  auto it = std::find(queue_.begin(), queue_.end(), load);
-  if (it != queue_.end()) {
-    queue_.erase(it);
-    --pending_loads_;
-    load->ready_.store(true, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counters_.loads_cancelled;
+    // Not started yet: drop it from the queue.
+    auto it = std::find(queue_.begin(), queue_.end(), load);
+    if (it != queue_.end()) {
+      queue_.erase(it);
+      --pending_loads_;
+      load->end_.store(load->begin_, std::memory_order_release);
+      load->finished_.store(true, std::memory_order_release);
+      load->ready_.store(true, std::memory_order_release);
+    }
   }
+  // A write in progress finishes; the fetch thread checks cancelled_ under
+  // this lock before every write, so none follows.
+  std::lock_guard<std::mutex> wait_for_writer(load->write_mu_);
 }
 
 void KvStoreConnector::FetchLoop() {
@@ -208,126 +239,156 @@ void KvStoreConnector::FetchLoop() {
       load = std::move(queue_.front());
       queue_.pop_front();
     }
-    ReapStragglers(/*block=*/false);
     RunLoad(*load);
-    bool straggles = false;
-    for (const StoreLoad::Chunk& ch : load->chunks_) {
-      if (ch.fetch.valid() && ch.fetch.wait_for(std::chrono::seconds(0)) != std::future_status::ready) straggles = true;
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (straggles) stragglers_.push_back(load);
-      --pending_loads_;
-    }
-    load->ready_.store(true, std::memory_order_release);
-    ready_cv_.notify_all();
-    std::lock_guard<std::mutex> lock(listener_mu_);
-    if (ready_listener_) ready_listener_();
   }
+}
+
+void KvStoreConnector::MarkReady(StoreLoad& load) {
+  if (load.ready_.exchange(true, std::memory_order_acq_rel)) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --pending_loads_;
+    counters_.fetch_seconds += std::chrono::duration<double>(Clock::now() - load.started_).count();
+  }
+  ready_cv_.notify_all();
+  std::lock_guard<std::mutex> lock(listener_mu_);
+  if (ready_listener_) ready_listener_();
 }
 
 void KvStoreConnector::RunLoad(StoreLoad& load) {
   const int64_t C = options_.chunk_tokens;
   const size_t n = load.chunks_.size();
-  const auto deadline = Clock::now() + options_.fetch_timeout;
-  for (StoreLoad::Chunk& ch : load.chunks_) ch.fetch = store_.Fetch(ch.key, ch.meta, ch.from_tier, &ch.served_by);
-
-  // Staging: one block of C rows per chunk, addressed like paged KV memory
-  // (block_table[p / C] = chunk index within the load).
-  const int64_t plane = static_cast<int64_t>(n) * C * kv_dim_;
-  load.staging_.resize(static_cast<size_t>(plane) * 2 * static_cast<size_t>(n_layers_));
-  load.staging_table_.assign(static_cast<size_t>(load.first_chunk_) + n, 0);
-  for (size_t i = 0; i < n; ++i) load.staging_table_[static_cast<size_t>(load.first_chunk_) + i] = static_cast<int32_t>(i);
-  auto staging_view = [&](int layer) {
-    KvLayerView v;
-    v.k = load.staging_.data() + static_cast<int64_t>(2 * layer) * plane;
-    v.v = load.staging_.data() + static_cast<int64_t>(2 * layer + 1) * plane;
-    v.stride = kv_dim_;
-    v.capacity = (load.first_chunk_ + static_cast<int64_t>(n)) * C;
-    v.block_table = load.staging_table_.data();
-    v.block_size = static_cast<int>(C);
-    v.block_stride = C * kv_dim_;
-    return v;
+  const auto deadline = load.started_ + options_.fetch_timeout;
+  uint64_t missing = 0, failed = 0, timed_out = 0, corrupt = 0;
+  bool late = false;  // the deadline passed: nothing more is waited for
+  // Chunks [0, good) are still trusted; a failure at chunk i sets good = i
+  // and end() to its first position.
+  size_t good = n;
+  auto fail = [&](size_t i, const Status& st, int tier) {
+    if (i >= good) return;
+    good = i;
+    load.end_.store(std::max<int64_t>(load.begin_, (load.first_chunk_ + static_cast<int64_t>(i)) * C),
+                    std::memory_order_release);
+    if (late) {
+      ++timed_out;
+    } else if (st.code() == StatusCode::kNotFound) {
+      ++missing;
+    } else if (st.code() == StatusCode::kCorrupt) {
+      ++corrupt;
+      store_.ReportCorrupt(load.chunks_[i].key, tier);
+    } else {
+      ++failed;
+    }
+  };
+  // A range, waited for until the load's deadline.
+  auto take = [&](std::future<Expected<ChunkBlob>>& f) -> Expected<ChunkBlob> {
+    if (late || f.wait_until(deadline) == std::future_status::timeout) {
+      late = true;
+      return Status::Unavailable("the fetch took longer than the store timeout");
+    }
+    return f.get();
   };
 
-  uint64_t missing = 0, failed = 0, timed_out = 0, corrupt = 0;
+  // Every chunk's prefix, all in flight at once. A chunk gone from the tier
+  // the lookup named (evicted, say) is looked for in the tiers below it.
+  std::vector<std::future<Expected<ChunkBlob>>> heads(n);
+  for (size_t i = 0; i < n; ++i) {
+    const StoreLoad::Chunk& ch = load.chunks_[i];
+    heads[i] = store_.FetchRange(ch.key, ch.tier, ByteRange{0, ChunkPrefixBytes(ch.meta)});
+  }
+  std::vector<ChunkReader> readers;
+  readers.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     if (load.cancelled_.load(std::memory_order_acquire)) break;
     StoreLoad::Chunk& ch = load.chunks_[i];
-    if (ch.fetch.wait_until(deadline) == std::future_status::timeout) {
-      ++timed_out;
+    Expected<ChunkBlob> head = take(heads[i]);
+    while (!head.ok() && !late && head.status().code() != StatusCode::kCorrupt && ch.tier + 1 < store_.n_tiers()) {
+      ++ch.tier;
+      auto f = store_.FetchRange(ch.key, ch.tier, ByteRange{0, ChunkPrefixBytes(ch.meta)});
+      head = take(f);
+    }
+    if (!head.ok()) {
+      fail(i, head.status(), ch.tier);
       break;
     }
-    Expected<ChunkBlob> blob = ch.fetch.get();
-    if (!blob.ok()) {
-      if (blob.status().code() == StatusCode::kNotFound) {
-        ++missing;
-      } else if (blob.status().code() == StatusCode::kCorrupt) {
-        ++corrupt;  // the tier's own checksum caught it
-        if (ch.served_by >= 0) store_.ReportCorrupt(ch.key, ch.served_by);
-      } else {
-        ++failed;
-      }
+    auto reader = ChunkReader::OpenPrefix(head->bytes(), ch.meta);
+    if (!reader.ok()) {
+      fail(i, reader.status(), ch.tier);
       break;
     }
-    auto reader = ChunkReader::Open(std::move(*blob), ch.meta);
-    Status st = reader.ok() ? Status::Ok() : reader.status();
-    const int64_t chunk_begin = (load.first_chunk_ + static_cast<int64_t>(i)) * C;
-    const int64_t skip = std::max<int64_t>(load.begin_ - chunk_begin, 0);
-    for (int l = 0; l < n_layers_ && st.ok(); ++l) st = reader->DecodeLayer(l, staging_view(l), skip);
-    if (!st.ok()) {
-      ++corrupt;
-      if (ch.served_by >= 0) store_.ReportCorrupt(ch.key, ch.served_by);
-      break;
-    }
-    load.end_ = chunk_begin + C;
-    const std::string_view tier = ch.served_by >= 0 ? store_.tier_name(ch.served_by) : std::string_view("?");
-    AddTierTokens(&load.per_tier_, tier, C - skip);
+    readers.push_back(std::move(*reader));
   }
-  const bool cancelled = load.cancelled_.load(std::memory_order_acquire);
-  const bool fell_back = !cancelled && load.end_ < load.planned_end_;
-  if (fell_back) store_.ReportFallback();
-  if (load.end_ <= load.begin_) {
-    load.staging_ = {};
-    load.staging_table_ = {};
-  }
-  std::lock_guard<std::mutex> lock(mu_);
-  counters_.missing_chunks += missing;
-  counters_.failed_fetches += failed;
-  counters_.timed_out_fetches += timed_out;
-  counters_.corrupt_chunks += corrupt;
-  if (!cancelled) ++counters_.loads_completed;
-  if (fell_back) {
-    ++counters_.fallbacks;
-    counters_.fallback_tokens += static_cast<uint64_t>(load.planned_end_ - load.end_);
-  }
-  counters_.fetch_seconds += std::chrono::duration<double>(Clock::now() - load.started_).count();
-}
+  good = std::min(good, readers.size());  // (a cancel stops short of n)
 
-void KvStoreConnector::ReapStragglers(bool block) {
-  std::vector<std::shared_ptr<StoreLoad>> done;
+  // Sections, layer-major: every chunk's layer 0 is requested before any
+  // chunk's layer 1, so tiers that serve requests in order (I/O queues,
+  // Redis connections) deliver layer 0 first.
+  std::vector<std::vector<std::future<Expected<ChunkBlob>>>> sections(static_cast<size_t>(n_layers_));
+  for (int l = 0; l < n_layers_; ++l) {
+    for (size_t i = 0; i < good; ++i) {
+      const StoreLoad::Chunk& ch = load.chunks_[i];
+      sections[static_cast<size_t>(l)].push_back(store_.FetchRange(ch.key, ch.tier, readers[i].SectionRange(l)));
+    }
+  }
+  for (int l = 0; l < n_layers_ && good > 0; ++l) {
+    for (size_t i = 0; i < good; ++i) {
+      if (load.cancelled_.load(std::memory_order_acquire)) break;
+      Expected<ChunkBlob> sec = take(sections[static_cast<size_t>(l)][i]);
+      Status st = sec.ok() ? Status::Ok() : sec.status();
+      if (st.ok()) {
+        const int64_t chunk_begin = (load.first_chunk_ + static_cast<int64_t>(i)) * C;
+        const int64_t skip = std::max<int64_t>(load.begin_ - chunk_begin, 0);
+        std::lock_guard<std::mutex> w(load.write_mu_);
+        if (load.cancelled_.load(std::memory_order_acquire)) break;
+        st = readers[i].DecodeSection(l, sec->bytes(), load.dst_[static_cast<size_t>(l)], skip);
+      }
+      if (!st.ok()) {
+        fail(i, st, load.chunks_[i].tier);
+        break;
+      }
+    }
+    if (load.cancelled_.load(std::memory_order_acquire)) break;
+    {
+      std::lock_guard<std::mutex> lock(load.mu_);
+      load.layers_done_ = l + 1;
+    }
+    load.cv_.notify_all();
+    if (l == 0) MarkReady(load);
+  }
+
+  // Over: per-tier accounting, promotion of chunks read from a lower tier.
+  const bool cancelled = load.cancelled_.load(std::memory_order_acquire);
+  if (!cancelled) {
+    for (size_t i = 0; i < good; ++i) {
+      const StoreLoad::Chunk& ch = load.chunks_[i];
+      const int64_t chunk_begin = (load.first_chunk_ + static_cast<int64_t>(i)) * C;
+      AddTierTokens(&load.per_tier_, store_.tier_name(ch.tier), C - std::max<int64_t>(load.begin_ - chunk_begin, 0));
+      if (ch.tier > 0) store_.Promote(ch.key, ch.meta, ch.tier);
+    }
+  }
+  const bool fell_back = !cancelled && load.end() < load.planned_end_;
+  if (fell_back) store_.ReportFallback();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stragglers_.empty()) return;
-    if (block) {
-      done.swap(stragglers_);
-    } else {
-      std::erase_if(stragglers_, [&](const std::shared_ptr<StoreLoad>& l) {
-        for (const StoreLoad::Chunk& ch : l->chunks_) {
-          if (ch.fetch.valid() && ch.fetch.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return false;
-        }
-        done.push_back(l);
-        return true;
-      });
+    counters_.missing_chunks += missing;
+    counters_.failed_fetches += failed;
+    counters_.timed_out_fetches += timed_out;
+    counters_.corrupt_chunks += corrupt;
+    if (!cancelled) ++counters_.loads_completed;
+    if (fell_back) {
+      ++counters_.fallbacks;
+      counters_.fallback_tokens += static_cast<uint64_t>(load.planned_end_ - load.end());
     }
+    counters_.load_seconds += std::chrono::duration<double>(Clock::now() - load.started_).count();
   }
-  // The store writes Chunk::served_by when a fetch completes: wait for it
-  // before the chunk's memory goes away.
-  for (auto& l : done) {
-    for (StoreLoad::Chunk& ch : l->chunks_) {
-      if (ch.fetch.valid()) ch.fetch.wait();
-    }
+  {
+    std::lock_guard<std::mutex> lock(load.mu_);
+    load.finished_.store(true, std::memory_order_release);
   }
+  load.cv_.notify_all();
+  MarkReady(load);
+  // Ranges still in flight (after a timeout or a failure) complete into
+  // futures nobody reads; they hold no reference to the load.
 }
 
 void KvStoreConnector::SetReadyListener(std::function<void()> listener) {
@@ -347,98 +408,36 @@ bool KvStoreConnector::HasPendingLoads() const {
   return pending_loads_ > 0;
 }
 
-Expected<ForwardHooks*> KvStoreConnector::PrepareStep(std::span<const BatchSeq> batch,
-                                                      std::span<const std::shared_ptr<StoreLoad>> loads, KvCache& kv) {
-  std::vector<CopyItem> items;
-  for (size_t i = 0; i < batch.size() && i < loads.size(); ++i) {
-    const std::shared_ptr<StoreLoad>& load = loads[i];
-    if (!load || !load->ready() || load->end_ <= load->begin_) continue;
-    CopyItem item;
-    item.load = load;
-    item.dst.reserve(static_cast<size_t>(n_layers_));
-    for (int l = 0; l < n_layers_; ++l) {
-      KvLayerView v = kv.View(batch[static_cast<size_t>(i)].seq, l);
-      if (v.capacity < load->end_) {
-        return Status::Internal("KV slot " + std::to_string(batch[i].seq) + " holds " + std::to_string(v.capacity) +
-                                " positions, the loaded prefix ends at " + std::to_string(load->end_));
-      }
-      item.dst.push_back(v);
-    }
-    // The layer loader must not read the KV memory's own structures while
-    // the engine thread may change them: it gets its own copy of the table.
-    if (item.dst[0].block_table != nullptr) {
-      const int64_t bs = item.dst[0].block_size;
-      item.table.assign(item.dst[0].block_table, item.dst[0].block_table + (load->end_ + bs - 1) / bs);
-    }
-    items.push_back(std::move(item));
+ForwardHooks* KvStoreConnector::PrepareStep(std::span<const std::shared_ptr<StoreLoad>> loads) {
+  step_loads_.clear();
+  for (const std::shared_ptr<StoreLoad>& load : loads) {
+    if (load && !load->finished()) step_loads_.push_back(load);
   }
-  if (items.empty()) return static_cast<ForwardHooks*>(nullptr);
-  for (CopyItem& item : items) {
-    if (!item.table.empty()) {
-      for (KvLayerView& v : item.dst) v.block_table = item.table.data();
-    }
-  }
-  {
-    std::lock_guard<std::mutex> lock(copy_mu_);
-    copy_items_ = std::move(items);
-    copy_layers_done_ = 0;
-    copy_active_ = true;
-  }
-  copy_cv_.notify_all();
-  return static_cast<ForwardHooks*>(hooks_.get());
+  return step_loads_.empty() ? nullptr : hooks_.get();
 }
 
 void KvStoreConnector::FinishStep() {
-  std::vector<CopyItem> items;
-  {
-    std::unique_lock<std::mutex> lock(copy_mu_);
-    if (!copy_active_ && copy_items_.empty()) return;
-    copy_cv_.wait(lock, [&] { return !copy_active_ || copy_stop_; });
-    items.swap(copy_items_);
+  // Forward may have stopped early (an error): the loads must still be over
+  // before the scheduler looks at their end().
+  for (const std::shared_ptr<StoreLoad>& load : step_loads_) {
+    std::unique_lock<std::mutex> lock(load->mu_);
+    load->cv_.wait(lock, [&] { return load->finished(); });
   }
+  step_loads_.clear();
   const double waited = hooks_->TakeWaitSeconds();
   std::lock_guard<std::mutex> lock(mu_);
   counters_.layer_wait_seconds += waited;
-  for (CopyItem& item : items) {
-    StoreLoad& load = *item.load;
-    counters_.loaded_tokens += static_cast<uint64_t>(load.end_ - load.begin_);
-    for (const StoreTierTokens& t : load.per_tier_) AddTierTokens(&counters_.loaded_tokens_per_tier, t.tier, t.tokens);
-    load.staging_ = {};
-    load.staging_table_ = {};
-  }
 }
 
-void KvStoreConnector::CopyLoop() {
-  const int64_t C = options_.chunk_tokens;
-  const size_t row_bytes = static_cast<size_t>(kv_dim_) * sizeof(fp16_t);
-  for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(copy_mu_);
-      copy_cv_.wait(lock, [&] { return copy_stop_ || (copy_active_ && copy_layers_done_ == 0); });
-      if (copy_stop_) return;
-    }
-    // copy_items_ is not touched by the engine thread while copy_active_.
-    for (int l = 0; l < n_layers_; ++l) {
-      for (CopyItem& item : copy_items_) {
-        StoreLoad& load = *item.load;
-        const int64_t n = static_cast<int64_t>(load.chunks_.size());
-        const int64_t plane = n * C * kv_dim_;
-        const fp16_t* sk = load.staging_.data() + static_cast<int64_t>(2 * l) * plane;
-        const fp16_t* sv = load.staging_.data() + static_cast<int64_t>(2 * l + 1) * plane;
-        const int64_t base = static_cast<int64_t>(load.first_chunk_) * C;
-        const KvLayerView& dst = item.dst[static_cast<size_t>(l)];
-        for (int64_t p = load.begin_; p < load.end_; ++p) {
-          const int64_t off = (p - base) * kv_dim_;  // chunks are consecutive blocks of staging
-          std::memcpy(dst.KRow(p), sk + off, row_bytes);
-          std::memcpy(dst.VRow(p), sv + off, row_bytes);
-        }
-      }
-      std::lock_guard<std::mutex> lock(copy_mu_);
-      copy_layers_done_ = l + 1;
-      if (l + 1 == n_layers_) copy_active_ = false;
-      copy_cv_.notify_all();
-    }
-  }
+void KvStoreConnector::CompleteLoad(const StoreLoad& load) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.loaded_tokens += static_cast<uint64_t>(load.end() - load.begin());
+  for (const StoreTierTokens& t : load.per_tier()) AddTierTokens(&counters_.loaded_tokens_per_tier, t.tier, t.tokens);
+}
+
+void KvStoreConnector::NoteDiscardedPass() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++counters_.discarded_passes;
 }
 
 void KvStoreConnector::StoreNewChunks(KvCache& kv, int seq, std::span<const TokenId> tokens, int64_t n_valid,

@@ -4,46 +4,51 @@
 //
 // 1. Load planning (engine thread, cheap). PlanLoad cuts a prompt into chunk
 //    keys (never covering the prompt's last token, which must be computed
-//    for its logits), asks the store which leading chunks some tier holds
-//    (KvStore::Lookup, no data moves) and, if the store holds more than the
-//    engine's own prefix cache attached, starts a StoreLoad.
+//    for its logits) and asks the store which leading chunks some tier holds
+//    (KvStore::Lookup, no data moves). If the store holds more than the
+//    engine's own prefix cache attached, the scheduler reserves KV memory up
+//    to the planned end and StartLoad hands the load to a fetch thread.
 //
-// 2. Fetch and verify (background fetch threads). Every planned chunk is
-//    fetched (KvStore::Fetch, all in flight at once), opened with
-//    ChunkReader::Open (header, layout, fingerprint, key, every token) and
-//    decoded layer by layer into the load's staging memory, which verifies
-//    every section checksum. So when a load is ready, every byte the forward
-//    pass will rely on has been verified. The first chunk that is missing,
-//    late, unreadable or corrupt ends the load there (ReportCorrupt for bad
-//    data) and the rest of the prompt is recomputed (ReportFallback); the
-//    request never fails because of the store. The engine thread never
-//    waits for a fetch: the sequence sits in the scheduler's loading state
-//    and other sequences keep stepping.
+// 2. Layer-wise loading, overlapped with the forward pass. The fetch thread
+//    reads each chunk's prefix (header, tokens, section table: ChunkReader::
+//    OpenPrefix checks fingerprint, layout, key and every token), then asks
+//    the tier for one layer section at a time, all chunks' layer 0 first,
+//    then layer 1, ... (KvStore::FetchRange: the disk tier preads, Redis
+//    answers GETRANGE, the host tier hands out views). Each section's
+//    checksum is verified as it is decoded straight into the sequence's KV
+//    memory. Once layer 0 of every chunk is placed the load is ready(): the
+//    sequence joins the next forward pass with pos0 at the end of the
+//    planned prefix, and the LayerHooks make layer l's attention wait only
+//    until layer l is placed, so layer l+1 travels while layer l computes.
+//    Until then the sequence sits in the scheduler's loading state and the
+//    engine keeps stepping other sequences.
 //
-// 3. Layer-wise placement during the forward pass. In the first step a
-//    loaded sequence takes part in (with pos0 at the end of its loaded
-//    prefix), PrepareStep hands the staged rows to the layer loader thread,
-//    which copies layer 0, 1, ... into the sequence's KV memory while the
-//    forward pass runs; the returned ForwardHooks' BeforeAttention(l) waits
-//    until layer l of every loading sequence in the batch is in place. Only
-//    rows beyond what the engine prefix cache attached are written.
+// 3. Fallback. A chunk that is missing, late (fetch_timeout from the load's
+//    start), unreadable or corrupt ends the load at that chunk (ReportCorrupt
+//    for bad data, ReportFallback always): end() shrinks to it and the rest
+//    of the prompt is recomputed; the request never fails because of the
+//    store. A failure found before the sequence's first pass costs nothing;
+//    one found during it (layer l corrupt after layers < l were computed)
+//    makes the scheduler throw that pass's work for the sequence away
+//    (CompleteLoad tells it) and recompute from end(): positions before
+//    end() are placed in every layer, nothing after it is trusted.
 //
 // And storing: StoreNewChunks encodes every newly completed full chunk of a
 // sequence's KV (EncodeChunk, a copy on the engine thread) and hands it to
 // KvStore::Store, which writes in the background.
 //
-// Why staging and not decoding straight into KV memory during the forward
-// pass: ChunkReader verifies a section's checksum only when it decodes it,
-// and a section found corrupt at layer l after layers < l were computed
-// cannot be undone without throwing the step away. Decoding into staging in
-// the loading stage makes a bad chunk an ordinary fallback and leaves a
-// plain copy for the overlapped part.
+// Concurrency with KV memory: the fetch thread writes only rows
+// [begin(), planned_end()) of the load's own slot, which the scheduler has
+// reserved and which nothing else touches until the load is completed or
+// cancelled; CancelLoad returns only once the fetch thread can write no
+// more. The destination (with a private copy of the block table) is taken
+// in StartLoad.
 //
-// Thread-safety: PlanLoad, CancelLoad, PrepareStep, FinishStep and
-// StoreNewChunks are for the engine thread (the one that owns the KV
-// memory). LookupPrefix, KeysFor, MetaFor, counters(), store() and
-// WaitForLoads are thread-safe. A StoreLoad's ready()/result are safe to
-// read from the engine thread at any time.
+// Thread-safety: PlanLoad, StartLoad, CancelLoad, PrepareStep, FinishStep,
+// CompleteLoad and StoreNewChunks are for the engine thread (the one that
+// owns the KV memory). LookupPrefix, KeysFor, MetaFor, counters(), store()
+// and WaitForLoads are thread-safe. A StoreLoad's accessors are safe from any
+// thread.
 #pragma once
 
 #include <atomic>
@@ -102,24 +107,28 @@ struct KvStoreConnectorCounters {
   uint64_t stored_chunks = 0;      // handed to KvStore::Store
   uint64_t store_encode_failures = 0;
   uint64_t stored_decode_chunks = 0;  // of stored_chunks, holding generated tokens (save_decode_cache)
-  double fetch_seconds = 0;        // summed time from load start to ready
+  double fetch_seconds = 0;        // summed time from load start to ready (layer 0 placed)
+  double load_seconds = 0;         // summed time from load start to finished (every layer)
   double layer_wait_seconds = 0;   // engine thread time spent waiting in BeforeAttention
+  uint64_t discarded_passes = 0;   // forward passes thrown away: a layer failed mid-pass
 };
 
 // One sequence's load. Created by PlanLoad; the scheduler polls ready().
 class StoreLoad {
  public:
-  // The load has finished fetching and verifying (successfully or not).
+  // The sequence can take part in a forward pass: every chunk's prefix is
+  // verified and layer 0 placed (or the load is over).
   bool ready() const { return ready_.load(std::memory_order_acquire); }
+  // Every layer is placed or given up on: end() is final.
+  bool finished() const { return finished_.load(std::memory_order_acquire); }
   // Positions [0, begin()) are already in KV memory (engine prefix cache).
   int64_t begin() const { return begin_; }
   // What the load set out to bring: positions [begin(), planned_end()).
   int64_t planned_end() const { return planned_end_; }
-  // REQUIRES: ready(). Positions [begin(), end()) are verified and will be
-  // in KV memory once the sequence's next forward pass has run (end() ==
-  // begin() when nothing could be loaded).
-  int64_t end() const { return end_; }
-  // REQUIRES: ready(). Loaded tokens by the tier that served them.
+  // Positions [begin(), end()) are placed, or on their way, in every layer.
+  // Shrinks (never grows) while a failure is found, until finished().
+  int64_t end() const { return end_.load(std::memory_order_acquire); }
+  // REQUIRES: finished(). Loaded tokens by the tier that served them.
   const std::vector<StoreTierTokens>& per_tier() const { return per_tier_; }
 
  private:
@@ -127,22 +136,27 @@ class StoreLoad {
   struct Chunk {
     ChunkKey key;
     ChunkMeta meta;
-    int from_tier = 0;
-    int served_by = -1;  // written by the store when the fetch completes
-    std::future<Expected<ChunkBlob>> fetch;
+    int tier = 0;  // the tier read from
   };
   int64_t begin_ = 0;
   int64_t planned_end_ = 0;
-  int64_t end_ = 0;
   int first_chunk_ = 0;  // index of chunks_[0] in the prompt's chunk chain
   std::vector<Chunk> chunks_;
-  std::vector<StoreTierTokens> per_tier_;
-  // Verified rows [first_chunk * C, end), [layer][K|V][chunk][C][kv_dim].
-  std::vector<fp16_t> staging_;
-  std::vector<int32_t> staging_table_;
+  std::vector<StoreTierTokens> per_tier_;  // written before finished_
+  std::vector<KvLayerView> dst_;           // per layer, the slot's rows
+  std::vector<int32_t> table_;             // dst_'s block table (a copy)
   std::chrono::steady_clock::time_point started_;
+  std::atomic<int64_t> end_{0};
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> ready_{false};
+  std::atomic<bool> finished_{false};
+  // Held while the fetch thread writes KV memory, so CancelLoad can wait
+  // for the last write.
+  std::mutex write_mu_;
+  // Layer progress for the forward pass's hooks.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  int layers_done_ = 0;  // guarded by mu_: layers [0, layers_done_) placed up to end()
 };
 
 class KvStoreConnector {
@@ -161,20 +175,26 @@ class KvStoreConnector {
   };
   // `tokens`: the sequence's tokens (prompt, or prompt + output on
   // readmission); positions [0, have) are in KV memory already. Loads at most
-  // tokens.size() - 1 positions.
+  // tokens.size() - 1 positions. The load does not start until StartLoad.
   LoadPlan PlanLoad(std::span<const TokenId> tokens, const std::string& cache_salt, int64_t have);
-  // Abandons a load (cancellation, preemption). Its staging is freed once
-  // the fetch threads let go of it; nothing is written to KV memory.
+  // Starts fetching into slot `seq` of `kv`. REQUIRES: kv.Reserve(seq)
+  // covered load->planned_end().
+  Status StartLoad(const std::shared_ptr<StoreLoad>& load, KvCache& kv, int seq);
+  // Abandons a load (cancellation, preemption). On return nothing more is
+  // written to KV memory for it.
   void CancelLoad(const std::shared_ptr<StoreLoad>& load);
 
-  // Around one Forward: `loads[i]` is the ready load of batch[i] whose rows
-  // must be placed during this pass, or null. Returns the hooks to pass to
-  // Forward (null when nothing is placed). FinishStep waits until every row
-  // is placed and releases the loads' staging; call it after Forward even
-  // when Forward failed. REQUIRES: kv.Reserve covered each load's end().
-  Expected<ForwardHooks*> PrepareStep(std::span<const BatchSeq> batch,
-                                      std::span<const std::shared_ptr<StoreLoad>> loads, KvCache& kv);
+  // Around one Forward: `loads` are the unfinished ready loads of sequences
+  // in the batch. Returns the hooks to pass to Forward (null when there are
+  // none). FinishStep waits until those loads are finished; call it after
+  // Forward even when Forward failed.
+  ForwardHooks* PrepareStep(std::span<const std::shared_ptr<StoreLoad>> loads);
   void FinishStep();
+  // Accounts a finished load that the scheduler is done with (counters).
+  // REQUIRES: load->finished().
+  void CompleteLoad(const StoreLoad& load);
+  // The scheduler threw a pass away for a load that failed during it.
+  void NoteDiscardedPass();
 
   // Encodes and stores every full chunk of `tokens` whose KV is in slot
   // `seq` (positions [0, n_valid)), from chunk *next_chunk on; advances
@@ -212,9 +232,8 @@ class KvStoreConnector {
   KvStoreConnector(const Model& model, KvStore& store, const KvStoreConnectorOptions& options);
   void FetchLoop();
   void RunLoad(StoreLoad& load);
-  void CopyLoop();
-  // Waits (forever) for the futures of chunks a load abandoned.
-  void ReapStragglers(bool block);
+  // Marks the load ready (once) and wakes whoever waits for loads.
+  void MarkReady(StoreLoad& load);
 
   const Model& model_;
   KvStore& store_;
@@ -227,10 +246,7 @@ class KvStoreConnector {
   std::condition_variable work_cv_;    // fetch threads wait for loads
   std::condition_variable ready_cv_;   // WaitForLoads
   std::deque<std::shared_ptr<StoreLoad>> queue_;
-  // Loads with fetches still in flight after they were abandoned (timeout,
-  // failure earlier in the chain, cancel): kept alive until those complete.
-  std::vector<std::shared_ptr<StoreLoad>> stragglers_;
-  int pending_loads_ = 0;
+  int pending_loads_ = 0;              // started, not yet ready
   bool stop_ = false;
   // Held while the listener runs, so SetReadyListener(nullptr) returns only
   // when no call into the old listener is in progress.
@@ -239,19 +255,8 @@ class KvStoreConnector {
   KvStoreConnectorCounters counters_;  // guarded by mu_
   std::vector<std::thread> fetch_threads_;
 
-  // Layer-wise placement (one step at a time).
-  struct CopyItem {
-    std::shared_ptr<StoreLoad> load;
-    std::vector<KvLayerView> dst;            // per layer, block_table pointing into `table`
-    std::vector<int32_t> table;
-  };
-  std::mutex copy_mu_;
-  std::condition_variable copy_cv_;
-  std::vector<CopyItem> copy_items_;
-  int copy_layers_done_ = 0;
-  bool copy_active_ = false;
-  bool copy_stop_ = false;
-  std::thread copy_thread_;
+  // The loads of the forward pass in progress (engine thread only).
+  std::vector<std::shared_ptr<StoreLoad>> step_loads_;
   std::unique_ptr<LayerHooks> hooks_;
 };
 

@@ -24,10 +24,11 @@ struct Scheduler::Sequence {
   int64_t generated = 0;
   Clock::time_point arrival;
   int64_t chunk = 0;            // tokens planned for this step
-  // KV cache store: the load in progress (loading) or loaded and waiting to
-  // be placed by the next forward pass this sequence takes part in.
+  // KV cache store: the load in progress, before layer 0 is placed
+  // (loading) or after, until the forward pass it finishes in.
   std::shared_ptr<StoreLoad> load;
   bool loading = false;
+  bool discard = false;         // this step's output for s is void (a load failed mid-pass)
   bool store_reported = false;  // out.store_cached_tokens set
   size_t store_next_chunk = 0;  // chunks below this are in the store (or were handed to it)
 };
@@ -156,26 +157,34 @@ void Scheduler::DropLoad(Sequence& s) {
 void Scheduler::PollLoads() {
   for (auto& sp : running_) {
     Sequence& s = *sp;
-    if (!s.loading || !s.load->ready()) continue;
-    s.loading = false;
-    const StoreLoad& load = *s.load;
-    if (!s.store_reported) {
-      s.store_reported = true;
-      s.out.store_cached_tokens = load.end() - load.begin();
-      s.out.store_tokens_by_tier = load.per_tier();
-      local_.store_cached_prompt_tokens += static_cast<uint64_t>(load.end() - load.begin());
+    if (!s.load) continue;
+    if (s.loading) {
+      if (!s.load->ready()) continue;
+      s.loading = false;
     }
-    if (load.end() < load.planned_end()) {
-      // Chunks after the first bad one are recomputed; store them again.
-      const size_t good = static_cast<size_t>(load.end() / options_.kv_store->chunk_tokens());
-      s.store_next_chunk = std::min(s.store_next_chunk, good);
-    }
-    if (load.end() > s.n_computed) {
-      s.n_computed = load.end();  // placed by the next forward pass s takes part in
-    } else {
-      s.load.reset();
-    }
+    // Layer 0 is placed; the rest arrives during the next forward pass this
+    // sequence takes part in. end() only shrinks (a chunk found bad), and
+    // until that pass s has computed nothing past it.
+    s.n_computed = s.load->end();
+    if (s.load->finished()) ConsumeLoad(s);
   }
+}
+
+void Scheduler::ConsumeLoad(Sequence& s) {
+  const StoreLoad& load = *s.load;
+  if (!s.store_reported) {
+    s.store_reported = true;
+    s.out.store_cached_tokens = load.end() - load.begin();
+    s.out.store_tokens_by_tier = load.per_tier();
+    local_.store_cached_prompt_tokens += static_cast<uint64_t>(load.end() - load.begin());
+  }
+  if (load.end() < load.planned_end()) {
+    // Chunks after the first bad one are recomputed; store them again.
+    const size_t good = static_cast<size_t>(load.end() / options_.kv_store->chunk_tokens());
+    s.store_next_chunk = std::min(s.store_next_chunk, good);
+  }
+  options_.kv_store->CompleteLoad(load);
+  s.load.reset();
 }
 
 void Scheduler::Preempt(Sequence& s) {
@@ -325,9 +334,13 @@ Expected<bool> Scheduler::Step() {
       local_.prompt_tokens += static_cast<uint64_t>(s.n_prompt);
     }
     if (load.load) {
-      // Loading: holds its slot and reservation; joins prefill when ready.
-      s.load = std::move(load.load);
-      s.loading = true;
+      // Loading: holds its slot and reservation; joins prefill once layer 0
+      // is placed. (A load that cannot start leaves s to plain prefill from
+      // the next step on.)
+      if (options_.kv_store->StartLoad(load.load, kv_, slot).ok()) {
+        s.load = std::move(load.load);
+        s.loading = true;
+      }
       s.chunk = 0;
       running_.push_back(std::move(waiting_.front()));
       waiting_.pop_front();
@@ -349,32 +362,29 @@ Expected<bool> Scheduler::Step() {
     batch_.push_back(BatchSeq{s->slot, std::span<const TokenId>(s->tokens.data() + s->n_computed, static_cast<size_t>(s->chunk)),
                               s->n_computed, false});
   }
-  // Loaded prefixes are placed layer by layer during this pass.
+  // Loads still arriving are placed layer by layer during this pass.
   ForwardHooks* hooks = nullptr;
-  Status prepared;
+  std::vector<std::shared_ptr<StoreLoad>> loads;
   if (options_.kv_store) {
-    std::vector<std::shared_ptr<StoreLoad>> loads(plan.size());
-    bool any = false;
-    for (size_t i = 0; i < plan.size(); ++i) {
-      if (plan[i]->load && !plan[i]->loading) {
-        loads[i] = plan[i]->load;
-        any = true;
-      }
+    for (Sequence* s : plan) {
+      if (s->load) loads.push_back(s->load);
     }
-    if (any) {
-      auto h = options_.kv_store->PrepareStep(batch_, loads, kv_);
-      if (h.ok()) {
-        hooks = *h;
-      } else {
-        prepared = h.take_status();
-      }
-    }
+    if (!loads.empty()) hooks = options_.kv_store->PrepareStep(loads);
   }
-  Expected<std::span<const float>> logits = prepared.ok() ? ctx_.Forward(batch_, kv_, hooks) : prepared;
-  if (options_.kv_store) {
+  Expected<std::span<const float>> logits = ctx_.Forward(batch_, kv_, hooks);
+  if (!loads.empty()) {
     options_.kv_store->FinishStep();
     for (Sequence* s : plan) {
-      if (!s->loading) s->load.reset();
+      if (!s->load) continue;
+      if (s->load->end() < s->n_computed) {
+        // A chunk failed after this pass had used its earlier layers: what
+        // the pass computed for s is thrown away; s recomputes from end().
+        s->n_computed = s->load->end();
+        s->chunk = 0;
+        s->discard = true;
+        options_.kv_store->NoteDiscardedPass();
+      }
+      ConsumeLoad(*s);
     }
   }
   if (!logits.ok()) {
@@ -387,6 +397,10 @@ Expected<bool> Scheduler::Step() {
   const size_t vocab = static_cast<size_t>(model_.config().vocab_size);
   for (size_t i = 0; i < plan.size(); ++i) {
     Sequence& s = *plan[i];
+    if (s.discard) {
+      s.discard = false;
+      continue;
+    }
     s.n_computed += s.chunk;
     s.chunk = 0;
     kv_.PublishPrefix(s.slot, std::span<const TokenId>(s.tokens.data(), static_cast<size_t>(s.n_computed)));

@@ -114,6 +114,8 @@ class Scheduler {
   void DropLoad(Sequence& s);
   // Loading sequences whose load finished join prefill.
   void PollLoads();
+  // Reports a finished load (usage, counters) and lets go of it.
+  void ConsumeLoad(Sequence& s);
   // Appends a sampled token; returns true when the sequence is finished.
   bool Accept(Sequence& s, TokenId token);
   void PublishCounters();
