@@ -619,14 +619,13 @@ Expected<ChunkReader> ChunkReader::OpenImpl(std::span<const uint8_t> b, bool pre
 }
 
 Status ChunkReader::DecodeLayer(int layer, const KvLayerView& dst, int64_t skip) {
-  if (dst.k == nullptr || dst.v == nullptr) return Status::InvalidArgument("decode target has no K/V memory");
-  if (dst.capacity < first_position_ + token_count_) {
-    return Status::OutOfRange("decode target holds " + std::to_string(dst.capacity) + " positions, the chunk ends at " +
-                              std::to_string(first_position_ + token_count_));
+  if (layer < 0 || layer >= n_layers_) {
+    return Status::InvalidArgument("layer " + std::to_string(layer) + " out of range (chunk has " +
+                                   std::to_string(n_layers_) + ")");
   }
-  const int64_t first = first_position_;
-  return DecodeLayerRows(
-      layer, [&](int which, int64_t t) { return which == 0 ? dst.KRow(first + t) : dst.VRow(first + t); }, skip);
+  if (blob_.empty()) return Status::InvalidArgument("reader opened from a prefix: decode sections with DecodeSection");
+  const Section& s = sections_[static_cast<size_t>(layer)];
+  return DecodeSection(layer, blob_.bytes().subspan(s.offset, s.encoded_bytes), dst, skip);
 }
 
 Status ChunkReader::DecodeSection(int layer, std::span<const uint8_t> section, const KvLayerView& dst, int64_t skip) {
@@ -635,10 +634,31 @@ Status ChunkReader::DecodeSection(int layer, std::span<const uint8_t> section, c
     return Status::OutOfRange("decode target holds " + std::to_string(dst.capacity) + " positions, the chunk ends at " +
                               std::to_string(first_position_ + token_count_));
   }
+  STRATA_ASSIGN_OR_RETURN(const std::span<const uint8_t> decoded, VerifySection(layer, section, skip));
   const int64_t first = first_position_;
-  return DecodeSectionRows(
-      layer, section, [&](int which, int64_t t) { return which == 0 ? dst.KRow(first + t) : dst.VRow(first + t); },
-      skip);
+  if (enc_.dtype == ChunkDType::kF16 && dst.stride == kv_dim_) {
+    // The loader's hot path: rows stored back to back go to KV memory in
+    // runs (a paged block, or the whole range of contiguous memory), one
+    // memcpy per run instead of one call per row.
+    const size_t row_bytes = static_cast<size_t>(kv_dim_) * sizeof(fp16_t);
+    for (int which = 0; which < 2; ++which) {
+      const uint8_t* plane = decoded.data() + static_cast<size_t>(which) * static_cast<size_t>(token_count_) * row_bytes;
+      for (int64_t t = skip; t < token_count_;) {
+        const int64_t p = first + t;
+        int64_t run = token_count_ - t;
+        if (dst.block_table != nullptr) run = std::min<int64_t>(run, dst.block_size - p % dst.block_size);
+        fp16_t* out = which == 0 ? dst.KRow(p) : dst.VRow(p);
+        std::memcpy(out, plane + static_cast<size_t>(t) * row_bytes, static_cast<size_t>(run) * row_bytes);
+        t += run;
+      }
+    }
+    return Status::Ok();
+  }
+  const Layout lay{n_layers_, static_cast<int>(kv_dim_ / head_dim_), head_dim_, kv_dim_, token_count_};
+  DeserializeLayer(lay, enc_.dtype, layer, decoded, skip, RowAccess{[&](int, int which, int64_t t) {
+                     return which == 0 ? dst.KRow(first + t) : dst.VRow(first + t);
+                   }});
+  return Status::Ok();
 }
 
 Status ChunkReader::DecodeLayerRows(int layer, const std::function<fp16_t*(int which, int64_t t)>& row, int64_t skip) {
@@ -648,11 +668,14 @@ Status ChunkReader::DecodeLayerRows(int layer, const std::function<fp16_t*(int w
   }
   if (blob_.empty()) return Status::InvalidArgument("reader opened from a prefix: decode sections with DecodeSection");
   const Section& s = sections_[static_cast<size_t>(layer)];
-  return DecodeSectionRows(layer, blob_.bytes().subspan(s.offset, s.encoded_bytes), row, skip);
+  STRATA_ASSIGN_OR_RETURN(const std::span<const uint8_t> decoded,
+                          VerifySection(layer, blob_.bytes().subspan(s.offset, s.encoded_bytes), skip));
+  const Layout lay{n_layers_, static_cast<int>(kv_dim_ / head_dim_), head_dim_, kv_dim_, token_count_};
+  DeserializeLayer(lay, enc_.dtype, layer, decoded, skip, RowAccess{[&](int, int which, int64_t t) { return row(which, t); }});
+  return Status::Ok();
 }
 
-Status ChunkReader::DecodeSectionRows(int layer, std::span<const uint8_t> enc,
-                                      const std::function<fp16_t*(int which, int64_t t)>& row, int64_t skip) {
+Expected<std::span<const uint8_t>> ChunkReader::VerifySection(int layer, std::span<const uint8_t> enc, int64_t skip) {
   if (layer < 0 || layer >= n_layers_) {
     return Status::InvalidArgument("layer " + std::to_string(layer) + " out of range (chunk has " +
                                    std::to_string(n_layers_) + ")");
@@ -668,15 +691,10 @@ Status ChunkReader::DecodeSectionRows(int layer, std::span<const uint8_t> enc,
   if (Checksum(enc) != s.checksum) {
     return Status::Corrupt("layer " + std::to_string(layer) + " section checksum mismatch");
   }
-  std::span<const uint8_t> decoded = enc;
-  if (enc_.codec != ChunkCodec::kRaw) {
-    scratch_.resize(s.decoded_bytes);
-    STRATA_RETURN_IF_ERROR(Decompress(enc_.codec, layer, enc, scratch_));
-    decoded = scratch_;
-  }
-  const Layout lay{n_layers_, static_cast<int>(kv_dim_ / head_dim_), head_dim_, kv_dim_, token_count_};
-  DeserializeLayer(lay, enc_.dtype, layer, decoded, skip, RowAccess{[&](int, int which, int64_t t) { return row(which, t); }});
-  return Status::Ok();
+  if (enc_.codec == ChunkCodec::kRaw) return enc;
+  scratch_.resize(s.decoded_bytes);
+  STRATA_RETURN_IF_ERROR(Decompress(enc_.codec, layer, enc, scratch_));
+  return std::span<const uint8_t>(scratch_);
 }
 
 }  // namespace strata

@@ -119,8 +119,9 @@ class ChunkReader {
   // DecodeLayer's body, writing row t (0-based in the chunk) of K (which 0)
   // or V (which 1) to row(which, t); TranscodeChunk decodes into a buffer.
   Status DecodeLayerRows(int layer, const std::function<fp16_t*(int which, int64_t t)>& row, int64_t skip);
-  Status DecodeSectionRows(int layer, std::span<const uint8_t> section,
-                           const std::function<fp16_t*(int which, int64_t t)>& row, int64_t skip);
+  // Checks the section's size and checksum and returns its decoded bytes
+  // (the input itself when raw, else scratch_).
+  Expected<std::span<const uint8_t>> VerifySection(int layer, std::span<const uint8_t> section, int64_t skip);
   static Expected<ChunkReader> OpenImpl(std::span<const uint8_t> b, bool prefix_only, const ChunkMeta& expect);
 
   ChunkBlob blob_;  // empty when opened from a prefix
