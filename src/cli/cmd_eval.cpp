@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "cli/common.h"
+#include "engine/kv_roundtrip.h"
 #include "engine/task_eval.h"
 
 namespace strata::cli {
@@ -27,23 +28,6 @@ struct EvalFlags {
   std::string kv_roundtrip;  // "" or a chunk encoding, e.g. "int8", "lz4,int8"
   int chunk_tokens = 256;
 };
-
-// "int8", "raw", "zstd,int8", ... → a chunk encoding.
-Expected<ChunkEncoding> ParseEncoding(const std::string& spec) {
-  ChunkEncoding enc;
-  std::stringstream ss(spec);
-  for (std::string part; std::getline(ss, part, ',');) {
-    if (auto d = ParseChunkDType(part); d.ok()) {
-      enc.dtype = *d;
-    } else if (auto c = ParseChunkCodec(part); c.ok()) {
-      enc.codec = *c;
-    } else {
-      return Status::InvalidArgument("--kv-roundtrip: unknown encoding '" + part +
-                                     "' (use f16 or int8, optionally with raw, zstd or lz4)");
-    }
-  }
-  return enc;
-}
 
 std::vector<std::string> DefaultTaskFiles() {
   std::vector<std::string> out;
@@ -75,8 +59,8 @@ int RunEval(EvalFlags f) {
   TaskEvalOptions options;
   options.chunk_tokens = f.chunk_tokens;
   if (!f.kv_roundtrip.empty()) {
-    auto enc = ParseEncoding(f.kv_roundtrip);
-    if (!enc.ok()) return Fail(enc.status());
+    auto enc = ParseChunkEncodingSpec(f.kv_roundtrip);
+    if (!enc.ok()) return Fail(Status(enc.status().code(), "--kv-roundtrip: " + enc.status().message()));
     options.kv_roundtrip = *enc;
   }
   auto model = LoadModel(f.model);

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <map>
 
+#include "engine/kv_roundtrip.h"
+
 namespace strata {
 
 namespace {
@@ -59,31 +61,6 @@ Expected<std::vector<TaskExample>> LoadTaskExamples(const std::string& path) {
   return out;
 }
 
-namespace {
-
-// Replaces the KV of full chunks of positions [0, n) of slot 0 by what an
-// encode/decode round trip in `enc` gives back.
-Status RoundTripPromptKv(Generator& gen, std::span<const TokenId> tokens, int64_t n, const TaskEvalOptions& o) {
-  const ModelConfig& c = gen.model().config();
-  if (o.chunk_tokens <= 0) return Status::InvalidArgument("chunk size must be positive");
-  for (int64_t p0 = 0; p0 + o.chunk_tokens <= n; p0 += o.chunk_tokens) {
-    ChunkMeta meta;
-    meta.model_fingerprint = gen.model().fingerprint();
-    meta.kv_format = "f16";
-    meta.n_layers = c.n_layers;
-    meta.n_kv_heads = c.n_kv_heads;
-    meta.head_dim = c.head_dim;
-    meta.first_position = p0;
-    meta.tokens.assign(tokens.begin() + p0, tokens.begin() + p0 + o.chunk_tokens);
-    STRATA_ASSIGN_OR_RETURN(ChunkBlob blob, EncodeChunk(meta, gen.kv(), 0, *o.kv_roundtrip));
-    STRATA_ASSIGN_OR_RETURN(ChunkReader reader, ChunkReader::Open(std::move(blob), meta));
-    for (int l = 0; l < c.n_layers; ++l) STRATA_RETURN_IF_ERROR(reader.DecodeLayer(l, gen.kv().View(0, l)));
-  }
-  return Status::Ok();
-}
-
-}  // namespace
-
 Expected<TaskExampleResult> ScoreTaskExample(Generator& gen, const TaskExample& ex, const TaskEvalOptions& options) {
   const int64_t n_prompt = static_cast<int64_t>(ex.prompt_ids.size());
   const int64_t n_answer = static_cast<int64_t>(ex.answer_ids.size());
@@ -108,7 +85,8 @@ Expected<TaskExampleResult> ScoreTaskExample(Generator& gen, const TaskExample& 
     if (!head.ok()) return head.status();
   }
   if (options.kv_roundtrip) {
-    STRATA_RETURN_IF_ERROR(RoundTripPromptKv(gen, ex.prompt_ids, n_prompt - 1, options));
+    auto done = RoundTripKv(gen, ex.prompt_ids, n_prompt - 1, *options.kv_roundtrip, options.chunk_tokens);
+    if (!done.ok()) return done.status();
   }
   std::vector<TokenId> tail;
   tail.push_back(ex.prompt_ids.back());
