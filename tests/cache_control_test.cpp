@@ -1,6 +1,7 @@
 // The KV cache store's control API (/v1/cache/*), its metrics and the
 // `strata cache` CLI, against real `strata serve` processes: lookup before
-// and after a request, pin/unpin, clear, move, stats, health, bad input;
+// and after a request (store tiers and engine memory's prefix cache, with and
+// without a store), pin/unpin, clear, move, stats, health, bad input;
 // two processes sharing one redis-server or one disk directory; a restarted
 // process finding its disk cache; redis killed mid-run.
 #include <gtest/gtest.h>
@@ -194,9 +195,14 @@ TEST(CacheControl, LookupPinClearMoveStatsHealth) {
   const json first = srv.Complete(p);
   EXPECT_TRUE(srv.WaitHeld(p, "host", 96));
   EXPECT_TRUE(srv.WaitHeld(p, "disk", 96));
-  EXPECT_EQ(srv.Post("/v1/cache/lookup", {{"tokens", p}}).j()["cached_tokens"], 96);
+  l = srv.Post("/v1/cache/lookup", {{"tokens", p}}).j();
+  EXPECT_EQ(l["cached_tokens"], 96);
+  EXPECT_EQ(l["engine_tokens"], 96) << l;  // the request's prompt blocks stay in engine memory too
+  EXPECT_EQ(l["longest_cached_tokens"], 96) << l;
   // Another salt is another key space.
-  EXPECT_EQ(srv.Post("/v1/cache/lookup", {{"tokens", p}, {"cache_salt", "tenant-b"}}).j()["cached_tokens"], 0);
+  l = srv.Post("/v1/cache/lookup", {{"tokens", p}, {"cache_salt", "tenant-b"}}).j();
+  EXPECT_EQ(l["cached_tokens"], 0);
+  EXPECT_EQ(l["engine_tokens"], 0);
 
   // Pin / unpin.
   auto pin = srv.Post("/v1/cache/pin", {{"tokens", p}, {"tier", "host"}, {"ttl_seconds", 60}});
@@ -249,9 +255,13 @@ TEST(CacheControl, LookupPinClearMoveStatsHealth) {
   EXPECT_GE(srv.Metric("strata_kv_store_load_seconds_count{tier=\"disk\"}"), 0);
   EXPECT_GT(srv.Metric("strata_kv_store_stored_chunks_total"), 0);
 
-  // Clear everything.
+  // Clear everything: the store forgets, engine memory (not a tier) keeps
+  // its blocks, so the prompt is still cached.
   ASSERT_EQ(srv.Post("/v1/cache/clear", json::object()).status, 200);
-  EXPECT_EQ(srv.Post("/v1/cache/lookup", {{"tokens", p}}).j()["cached_tokens"], 0);
+  l = srv.Post("/v1/cache/lookup", {{"tokens", p}}).j();
+  EXPECT_EQ(l["cached_tokens"], 0);
+  EXPECT_EQ(l["engine_tokens"], 96) << l;
+  EXPECT_EQ(l["longest_cached_tokens"], 96) << l;
 
   // Bad input: OpenAI-style errors with 4xx.
   auto bad = [&](const std::string& op, const std::string& body, const std::string& param) {
@@ -290,6 +300,8 @@ TEST(CacheControl, LookupPinClearMoveStatsHealth) {
   std::string out = srv.Cli("lookup --tokens " + Csv(p));
   EXPECT_EQ(srv.last_exit(), 0) << out;
   EXPECT_NE(out.find("the store holds the first 96"), std::string::npos) << out;
+  EXPECT_NE(out.find("engine memory (paged) holds the first 96 in 16-token blocks"), std::string::npos) << out;
+  EXPECT_NE(out.find("longest cached prefix: 96 tokens"), std::string::npos) << out;
   EXPECT_NE(out.find("disk"), std::string::npos) << out;
   out = srv.Cli("lookup --json --tokens " + Csv(p));
   EXPECT_EQ(srv.last_exit(), 0) << out;
@@ -335,7 +347,97 @@ TEST(CacheControl, NoStoreConfigured) {
   auto r = srv.Request("GET", "/v1/cache/stats");
   EXPECT_EQ(r.status, 404);
   EXPECT_EQ(r.j()["error"]["code"], "kv_store_disabled") << r.body;
+  for (const char* op : {"pin", "unpin", "clear", "move"}) {
+    r = srv.Post(std::string("/v1/cache/") + op, {{"tokens", PromptTokens(1)}});
+    EXPECT_EQ(r.status, 404) << op;
+    EXPECT_EQ(r.j()["error"]["code"], "kv_store_disabled") << op << " " << r.body;
+  }
   EXPECT_EQ(srv.Metric("strata_kv_store_fallbacks_total"), -1);
+}
+
+// Lookup reports engine memory's prefix cache, with or without a store, per
+// salt, without changing it; a server on virtual KV memory holds no prefix.
+TEST(CacheControl, LookupReportsEngineMemory) {
+  Server srv("");
+  ASSERT_TRUE(srv.ok()) << srv.log();
+  const auto p = PromptTokens(6), q = PromptTokens(7);
+  auto lookup = [&](const std::vector<int>& tokens, const std::string& salt) {
+    json body = {{"tokens", tokens}};
+    if (!salt.empty()) body["cache_salt"] = salt;
+    auto r = srv.Post("/v1/cache/lookup", body);
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.j();
+  };
+
+  json l = lookup(p, "");
+  EXPECT_EQ(l["prompt_tokens"], 100);
+  EXPECT_EQ(l["engine_tokens"], 0);
+  EXPECT_EQ(l["engine_memory"]["kind"], "paged");
+  EXPECT_EQ(l["engine_memory"]["block_tokens"], 16);
+  EXPECT_EQ(l["longest_cached_tokens"], 0);
+  // No store: its fields say so without breaking clients that read them.
+  EXPECT_EQ(l["cached_tokens"], 0);
+  EXPECT_EQ(l["tiers"], json::array());
+  EXPECT_FALSE(l.contains("chunk_tokens")) << l;
+
+  // A request leaves its prompt's full blocks (6 x 16 of 100 tokens) cached.
+  const json first = srv.Complete(p);
+  l = lookup(p, "");
+  EXPECT_EQ(l["engine_tokens"], 96) << l;
+  EXPECT_EQ(l["longest_cached_tokens"], 96) << l;
+  EXPECT_EQ(lookup(p, "tenant-b")["engine_tokens"], 0);
+  EXPECT_EQ(lookup(q, "")["engine_tokens"], 0);
+  // A prompt sharing only the first 40 tokens: two full blocks.
+  std::vector<int> fork = p;
+  for (size_t i = 40; i < fork.size(); ++i) fork[i] = 1 + (fork[i] + 1) % 290;
+  EXPECT_EQ(lookup(fork, "")["engine_tokens"], 32);
+  // A text prompt works too (tokenized with BOS, like /v1/completions).
+  EXPECT_EQ(srv.Post("/v1/cache/lookup", {{"prompt", "never sent"}}).j()["engine_tokens"], 0);
+
+  // Lookups are not hits: after five of them and one uncached request (whose
+  // step refreshes the exported counters) the prefix-cache counters moved by
+  // that request's attach alone (99 tokens asked, none found).
+  const double queried = srv.Metric("strata_prefix_cache_query_tokens_total");
+  const double hit = srv.Metric("strata_prefix_cache_hit_tokens_total");
+  for (int i = 0; i < 5; ++i) lookup(p, "");
+  srv.Complete(q);
+  EXPECT_EQ(srv.Metric("strata_prefix_cache_query_tokens_total"), queried + 99);
+  EXPECT_EQ(srv.Metric("strata_prefix_cache_hit_tokens_total"), hit);
+  EXPECT_EQ(lookup(p, "")["engine_tokens"], 96);
+  EXPECT_EQ(lookup(q, "")["engine_tokens"], 96);
+
+  // The same prompt under the other salt is cached separately.
+  auto salted = srv.Post("/v1/completions", {{"prompt", p}, {"max_tokens", 4}, {"temperature", 0}, {"cache_salt", "tenant-b"}});
+  ASSERT_EQ(salted.status, 200) << salted.body;
+  EXPECT_EQ(lookup(p, "tenant-b")["engine_tokens"], 96);
+  EXPECT_EQ(lookup(p, "")["engine_tokens"], 96);
+  // The engine reuses what the lookup promised (at most prompt - 1 tokens).
+  const json again = srv.Complete(p);
+  EXPECT_EQ(again["usage"]["prompt_tokens_details"]["cached_tokens"], 96) << again;
+  EXPECT_EQ(again["choices"][0]["text"], first["choices"][0]["text"]);
+
+  // The CLI.
+  std::string out = srv.Cli("lookup --tokens " + Csv(p));
+  EXPECT_EQ(srv.last_exit(), 0) << out;
+  EXPECT_NE(out.find("no KV cache store"), std::string::npos) << out;
+  EXPECT_NE(out.find("engine memory (paged) holds the first 96 in 16-token blocks"), std::string::npos) << out;
+  EXPECT_NE(out.find("longest cached prefix: 96 tokens"), std::string::npos) << out;
+  out = srv.Cli("lookup --cache-salt tenant-c --tokens " + Csv(p));
+  EXPECT_EQ(srv.last_exit(), 0) << out;
+  EXPECT_NE(out.find("holds the first 0 in"), std::string::npos) << out;
+
+  // Virtual KV memory keeps no prefix cache.
+  Server virt("--kv-memory virtual");
+  ASSERT_TRUE(virt.ok()) << virt.log();
+  virt.Complete(p);
+  auto r = virt.Post("/v1/cache/lookup", {{"tokens", p}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.j()["engine_memory"]["kind"], "virtual");
+  EXPECT_EQ(r.j()["engine_memory"]["block_tokens"], 0);
+  EXPECT_EQ(r.j()["engine_tokens"], 0);
+  out = virt.Cli("lookup --tokens " + Csv(p));
+  EXPECT_EQ(virt.last_exit(), 0) << out;
+  EXPECT_NE(out.find("engine memory (virtual) keeps no prefix cache"), std::string::npos) << out;
 }
 
 // Two processes on one redis-server: B gets A's chunks and the same text.

@@ -1,7 +1,7 @@
-// strata cache: the KV cache store's control API of a running `strata serve`
+// strata cache: the KV cache control API of a running `strata serve`
 // (server/cache_api.h), from the command line.
 //
-//   strata cache lookup -p "..."            how many prefix tokens each tier holds
+//   strata cache lookup -p "..."            how many prefix tokens engine memory and each tier hold
 //   strata cache pin -p "..." [--tier T] [--ttl S]
 //   strata cache unpin -p "..." [--tier T]
 //   strata cache clear [--tier T]
@@ -145,9 +145,28 @@ int Run(const CacheFlags& f, const std::string& op) {
     return 1;
   }
   if (op == "lookup") {
-    std::printf("prompt: %s tokens, %s in full %s-token chunks; the store holds the first %s\n", U(j["prompt_tokens"]).c_str(),
-                U(j["full_chunk_tokens"]).c_str(), U(j["chunk_tokens"]).c_str(), U(j["cached_tokens"]).c_str());
-    std::vector<std::vector<std::string>> rows = {{"TIER", "TOKENS", "CHUNKS"}};
+    // chunk_tokens is absent when the server runs without a store.
+    const bool store = j.contains("chunk_tokens");
+    if (store) {
+      std::printf("prompt: %s tokens, %s in full %s-token chunks; the store holds the first %s\n", U(j["prompt_tokens"]).c_str(),
+                  U(j["full_chunk_tokens"]).c_str(), U(j["chunk_tokens"]).c_str(), U(j["cached_tokens"]).c_str());
+    } else {
+      std::printf("prompt: %s tokens; no KV cache store\n", U(j["prompt_tokens"]).c_str());
+    }
+    // Servers older than the engine-memory probe answer without it.
+    const bool engine = j.contains("engine_tokens");
+    if (engine) {
+      const json& m = j["engine_memory"];
+      if (m.value("block_tokens", 0) > 0) {
+        std::printf("engine memory (%s) holds the first %s in %s-token blocks\n", U(m["kind"]).c_str(), U(j["engine_tokens"]).c_str(),
+                    U(m["block_tokens"]).c_str());
+      } else {
+        std::printf("engine memory (%s) keeps no prefix cache\n", U(m["kind"]).c_str());
+      }
+      std::printf("longest cached prefix: %s tokens\n", U(j["longest_cached_tokens"]).c_str());
+    }
+    std::vector<std::vector<std::string>> rows = {{"WHERE", "TOKENS", "CHUNKS"}};
+    if (engine) rows.push_back({"engine", U(j["engine_tokens"]), "-"});
     for (const json& t : j["tiers"]) rows.push_back({U(t["tier"]), U(t["tokens"]), U(t["chunks"])});
     PrintTable(rows);
   } else if (op == "pin" || op == "unpin") {
@@ -197,7 +216,7 @@ int Run(const CacheFlags& f, const std::string& op) {
 
 void RegisterCache(CLI::App& app) {
   auto flags = std::make_shared<CacheFlags>();
-  CLI::App* cmd = app.add_subcommand("cache", "inspect and control the KV cache store of a running strata serve");
+  CLI::App* cmd = app.add_subcommand("cache", "inspect the KV cache (engine memory, store) of a running strata serve; control its store");
   cmd->require_subcommand(1);
   cmd->add_option("--url", flags->url, "the server's base URL")->capture_default_str();
   cmd->add_option("--api-key", flags->api_key, "API key (or set STRATA_API_KEY)");
@@ -217,7 +236,7 @@ void RegisterCache(CLI::App& app) {
     const char* name;
     const char* help;
   };
-  for (const Sub& s : {Sub{"lookup", "how many leading tokens of a prompt each tier holds"},
+  for (const Sub& s : {Sub{"lookup", "how many leading tokens of a prompt engine memory and each tier hold"},
                        Sub{"pin", "pin a prompt's chunks (never evicted until the pin expires)"},
                        Sub{"unpin", "unpin a prompt's chunks"},
                        Sub{"clear", "drop every chunk (of one tier, or all)"},

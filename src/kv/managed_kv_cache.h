@@ -8,7 +8,9 @@
 // ranges backed on demand by pages from a memfd pool).
 //
 // Thread-safety: not thread-safe; owned by the scheduler's engine thread.
-// Read-only counters are exported through stats() by that thread.
+// Read-only counters are exported through stats() by that thread. The one
+// exception is ProbeCachedPrefix (and the constant shape accessors), which
+// any thread may call while the engine thread runs.
 #pragma once
 
 #include <cstddef>
@@ -65,6 +67,20 @@ class ManagedKvCache : public KvCache {
   // Offers the computed KV of tokens [0, tokens.size()) of `seq` for reuse
   // (full blocks only).
   virtual void PublishPrefix(int seq, std::span<const TokenId> tokens) { (void)seq; (void)tokens; }
+  // How many leading tokens of `tokens` (under `cache_salt`) the prefix cache
+  // holds now: the block-aligned prefix AttachCachedPrefix would find with no
+  // max_positions limit. Thread-safe and read-only (no LRU touch, no
+  // reference, no counter), so a control API can ask from any thread. The
+  // answer is advisory: the blocks may be evicted before a request uses
+  // them, and a request reuses at most prompt - 1 tokens (the scheduler
+  // computes the last). Implementations without a prefix cache hold nothing.
+  virtual int64_t ProbeCachedPrefix(std::span<const TokenId> tokens, const std::string& cache_salt) const {
+    (void)tokens; (void)cache_salt;
+    return 0;
+  }
+  // Positions per prefix-cache entry (the granularity of ProbeCachedPrefix),
+  // or 0 when this memory keeps no prefix cache. Constant; any thread.
+  virtual int64_t prefix_block_positions() const { return 0; }
 
   // Returns memory kept for reuse (cached blocks, idle slots' pages) so that
   // committed_bytes() drops to used_bytes().

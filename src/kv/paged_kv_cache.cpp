@@ -80,7 +80,10 @@ int32_t PagedKvCache::TakeBlock() {
     b = cached_.front();  // least recently used
     cached_.pop_front();
     Block& blk = blocks_[static_cast<size_t>(b)];
-    index_.erase(blk.key);
+    {
+      std::lock_guard<std::mutex> lock(index_mu_);
+      index_.erase(blk.key);
+    }
     blk.keyed = false;
     ++counters_.evictions;
   } else {
@@ -209,11 +212,40 @@ void PagedKvCache::PublishPrefix(int seq, std::span<const TokenId> tokens) {
     blk.key = key;
     blk.parent = parent;
     blk.tokens.assign(block_tokens.begin(), block_tokens.end());
+    // The fields above are set before the block becomes reachable through
+    // index_, and the lock publishes them to probers.
+    std::lock_guard<std::mutex> lock(index_mu_);
     index_.emplace(key, q.table[i]);
   }
 }
 
+int64_t PagedKvCache::ProbeCachedPrefix(std::span<const TokenId> tokens, const std::string& cache_salt) const {
+  if (!o_.prefix_caching) return 0;
+  const BlockKey salt = HashBytes(cache_salt);
+  const size_t bs = static_cast<size_t>(o_.block_size);
+  BlockKey parent = Root(salt);
+  size_t hits = 0;
+  for (size_t i = 0; (i + 1) * bs <= tokens.size(); ++i) {
+    const auto block_tokens = tokens.subspan(i * bs, bs);
+    // Hashing is the costly part; it needs no shared state, so it stays
+    // outside the lock, and the lock is taken per block so the engine thread
+    // never waits for more than one lookup and compare.
+    const BlockKey key = ChainBlockKey(parent, block_tokens, fingerprint_, salt);
+    {
+      std::lock_guard<std::mutex> lock(index_mu_);
+      auto it = index_.find(key);
+      if (it == index_.end()) break;
+      const Block& blk = blocks_[static_cast<size_t>(it->second)];
+      if (!(blk.parent == parent) || !std::equal(blk.tokens.begin(), blk.tokens.end(), block_tokens.begin())) break;
+    }
+    ++hits;
+    parent = key;
+  }
+  return static_cast<int64_t>(hits * bs);
+}
+
 void PagedKvCache::Trim() {
+  std::lock_guard<std::mutex> lock(index_mu_);
   for (int32_t b : cached_) {
     Block& blk = blocks_[static_cast<size_t>(b)];
     index_.erase(blk.key);

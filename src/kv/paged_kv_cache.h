@@ -10,11 +10,17 @@
 // token ids, so a hash collision costs a miss, never wrong KV. Shared blocks
 // are always full and never written again, so no copy-on-write is needed.
 //
-// Thread-safety: not thread-safe (one engine thread).
+// Thread-safety: not thread-safe (one engine thread), except
+// ProbeCachedPrefix, which any thread may call concurrently with the engine.
+// It reads the prefix index under index_mu_; the engine thread takes that
+// mutex only where it inserts or erases index entries (publishing a block,
+// evicting a cached block for reuse, Trim). Attaching, and reserving from
+// free blocks, take no lock.
 #pragma once
 
 #include <list>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -77,6 +83,10 @@ class PagedKvCache final : public ManagedKvCache {
   int64_t AttachCachedPrefix(int seq, std::span<const TokenId> tokens, const std::string& cache_salt,
                              int64_t max_positions) override;
   void PublishPrefix(int seq, std::span<const TokenId> tokens) override;
+  // Counts leading full blocks whose chained key is in the index and whose
+  // stored parent key and token ids match (the verification a hit gets).
+  int64_t ProbeCachedPrefix(std::span<const TokenId> tokens, const std::string& cache_salt) const override;
+  int64_t prefix_block_positions() const override { return o_.prefix_caching ? o_.block_size : 0; }
   void Trim() override;
   KvMemoryStats stats() const override;
   const char* kind() const override { return "paged"; }
@@ -86,6 +96,9 @@ class PagedKvCache final : public ManagedKvCache {
   const std::vector<int32_t>& block_table(int seq) const { return seqs_[static_cast<size_t>(seq)].table; }
 
  private:
+  // key, parent and tokens are written only while the block is out of
+  // index_, so a prober that found the block under index_mu_ may read them
+  // for as long as it holds that lock.
   struct Block {
     int refs = 0;
     bool keyed = false;          // in index_: holds a published prefix block
@@ -115,7 +128,10 @@ class PagedKvCache final : public ManagedKvCache {
   std::vector<Block> blocks_;
   std::vector<int32_t> free_;     // unreferenced, holding nothing worth keeping
   std::list<int32_t> cached_;     // unreferenced keyed blocks, least recently used first
+  // Written only by the engine thread, under index_mu_; the engine thread
+  // reads it without the lock (no other writer), probers read it with it.
   std::unordered_map<BlockKey, int32_t, BlockKeyHash> index_;
+  mutable std::mutex index_mu_;
   std::vector<Seq> seqs_;
   int used_blocks_ = 0;
   KvMemoryStats counters_;

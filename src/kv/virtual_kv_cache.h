@@ -14,6 +14,9 @@
 //   recently used first).
 // Stale KV in a reused slot is never read: attention reads only positions the
 // current sequence has written.
+// No prefix cache: a slot's pages belong to whichever sequence takes the slot
+// next, so AttachCachedPrefix and ProbeCachedPrefix keep the base class's
+// answer (nothing held).
 //
 // Thread-safety: not thread-safe (one engine thread).
 #pragma once

@@ -1,5 +1,6 @@
 #include "server/cache_api.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -62,6 +63,30 @@ std::optional<CacheApiReply> ParseTokens(const json& body, const Model& model, s
   return std::nullopt;
 }
 
+// The request body: a JSON object (empty text counts as {}).
+std::optional<CacheApiReply> ParseBody(std::string_view text, json* body) {
+  if (text.empty()) {
+    *body = json::object();
+  } else {
+    *body = json::parse(text.begin(), text.end(), nullptr, false);
+    if (body->is_discarded()) return Error(400, "the request body is not valid JSON", "", "invalid_json");
+  }
+  if (!body->is_object()) return Error(400, "the request body must be a JSON object", "", "invalid_json");
+  return std::nullopt;
+}
+
+// ParseTokens plus the server's prompt length limit (0: none).
+std::optional<CacheApiReply> ParsePrompt(const json& body, const Model& model, int64_t max_prompt_tokens,
+                                         std::vector<TokenId>* out) {
+  if (auto e = ParseTokens(body, model, out)) return e;
+  if (max_prompt_tokens > 0 && static_cast<int64_t>(out->size()) > max_prompt_tokens) {
+    return Error(400, "the prompt has " + std::to_string(out->size()) + " tokens but at most " +
+                          std::to_string(max_prompt_tokens) + " are accepted", body.contains("tokens") ? "tokens" : "prompt",
+                 "context_length_exceeded");
+  }
+  return std::nullopt;
+}
+
 std::optional<CacheApiReply> GetString(const json& body, const char* key, std::string* out) {
   auto it = body.find(key);
   if (it == body.end() || it->is_null()) return std::nullopt;
@@ -100,10 +125,44 @@ std::string EncodingName(const ChunkEncoding& e) {
 
 }  // namespace
 
-CacheApi::CacheApi(const Model& model, KvStoreConnector* connector, int64_t max_prompt_tokens)
-    : model_(model), conn_(connector), max_prompt_tokens_(max_prompt_tokens) {}
+CacheApi::CacheApi(const Model& model, const ManagedKvCache* kv, KvStoreConnector* connector, int64_t max_prompt_tokens)
+    : model_(model), kv_(kv), conn_(connector), max_prompt_tokens_(max_prompt_tokens) {}
+
+CacheApiReply CacheApi::Lookup(std::string_view body_text) {
+  json body;
+  if (auto e = ParseBody(body_text, &body)) return *e;
+  std::vector<TokenId> tokens;
+  if (auto e = ParsePrompt(body, model_, max_prompt_tokens_, &tokens)) return *e;
+  std::string salt;
+  if (auto e = GetString(body, "cache_salt", &salt)) return *e;
+
+  // Engine memory first: a probe reads the prefix index without touching LRU
+  // order or references, so asking never changes what gets evicted.
+  const int64_t engine_tokens = kv_ ? kv_->ProbeCachedPrefix(tokens, salt) : 0;
+  json r = {{"prompt_tokens", tokens.size()},
+            {"engine_tokens", engine_tokens},
+            {"engine_memory", {{"kind", kv_ ? kv_->kind() : "none"},
+                               {"block_tokens", kv_ ? kv_->prefix_block_positions() : 0}}}};
+  int64_t store_tokens = 0;
+  json tiers = json::array();
+  if (conn_) {
+    const int64_t C = conn_->chunk_tokens();
+    const StorePrefixLookup s = conn_->LookupPrefix(tokens, salt);
+    for (const StoreTierTokens& t : s.per_tier) tiers.push_back({{"tier", t.tier}, {"tokens", t.tokens}, {"chunks", t.tokens / C}});
+    store_tokens = s.tokens;
+    r["chunk_tokens"] = C;
+    r["full_chunk_tokens"] = s.chunk_tokens;
+  }
+  r["cached_tokens"] = store_tokens;
+  r["tiers"] = std::move(tiers);
+  // Both figures are prefixes of the same prompt, so together they cover the
+  // longer one (the scheduler attaches engine blocks, then loads the rest).
+  r["longest_cached_tokens"] = std::max(engine_tokens, store_tokens);
+  return Ok(r);
+}
 
 CacheApiReply CacheApi::Handle(std::string_view op, std::string_view body_text) {
+  if (op == "lookup") return Lookup(body_text);
   if (!conn_) {
     return Error(404, "no KV cache store is configured (start strata serve with --kv-store-host-bytes, --kv-store-disk or "
                       "--kv-store-redis)", "", "kv_store_disabled");
@@ -169,13 +228,7 @@ CacheApiReply CacheApi::Handle(std::string_view op, std::string_view body_text) 
   }
 
   json body;
-  if (body_text.empty()) {
-    body = json::object();
-  } else {
-    body = json::parse(body_text.begin(), body_text.end(), nullptr, false);
-    if (body.is_discarded()) return Error(400, "the request body is not valid JSON", "", "invalid_json");
-  }
-  if (!body.is_object()) return Error(400, "the request body must be a JSON object", "", "invalid_json");
+  if (auto e = ParseBody(body_text, &body)) return *e;
 
   if (op == "clear") {
     std::string tier;
@@ -188,31 +241,15 @@ CacheApiReply CacheApi::Handle(std::string_view op, std::string_view body_text) 
     return Ok({{"cleared", cleared}});
   }
 
-  if (op != "lookup" && op != "pin" && op != "unpin" && op != "move") {
+  if (op != "pin" && op != "unpin" && op != "move") {
     return Error(404, "no cache operation '" + std::string(op) + "'", "", "not_found");
   }
   std::vector<TokenId> tokens;
-  if (auto e = ParseTokens(body, model_, &tokens)) return *e;
-  if (max_prompt_tokens_ > 0 && static_cast<int64_t>(tokens.size()) > max_prompt_tokens_) {
-    return Error(400, "the prompt has " + std::to_string(tokens.size()) + " tokens but at most " +
-                          std::to_string(max_prompt_tokens_) + " are accepted", body.contains("tokens") ? "tokens" : "prompt",
-                 "context_length_exceeded");
-  }
+  if (auto e = ParsePrompt(body, model_, max_prompt_tokens_, &tokens)) return *e;
   std::string salt;
   if (auto e = GetString(body, "cache_salt", &salt)) return *e;
   const size_t n_full = tokens.size() / static_cast<size_t>(C);
   const std::span<const TokenId> full(tokens.data(), n_full * static_cast<size_t>(C));
-
-  if (op == "lookup") {
-    const StorePrefixLookup r = conn_->LookupPrefix(tokens, salt);
-    json tiers = json::array();
-    for (const StoreTierTokens& t : r.per_tier) tiers.push_back({{"tier", t.tier}, {"tokens", t.tokens}, {"chunks", t.tokens / C}});
-    return Ok({{"prompt_tokens", tokens.size()},
-               {"chunk_tokens", C},
-               {"full_chunk_tokens", r.chunk_tokens},
-               {"cached_tokens", r.tokens},
-               {"tiers", tiers}});
-  }
 
   const std::vector<ChunkKey> keys = conn_->KeysFor(full, salt);
   if (op == "pin" || op == "unpin") {

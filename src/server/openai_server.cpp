@@ -183,7 +183,7 @@ OpenAiServer::OpenAiServer(const Model& model, Scheduler& scheduler, ServerOptio
       ttft_({0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}),
       tpot_({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}),
       e2e_({0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}),
-      cache_api_(std::make_unique<CacheApi>(model, scheduler.kv_store(), 0)) {
+      cache_api_(std::make_unique<CacheApi>(model, &scheduler.kv(), scheduler.kv_store(), 0)) {
   Routes();
 }
 
@@ -304,7 +304,8 @@ void OpenAiServer::Routes() {
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(MetricsText(), "text/plain; version=0.0.4");
   });
-  // The KV cache store's control API (404 when no store is configured).
+  // KV cache lookups (engine memory and the store) and the store's control
+  // calls, which answer 404 when no store is configured.
   auto cache = [this](const std::string& op, const httplib::Request& req, httplib::Response& res) {
     const CacheApiReply r = cache_api_->Handle(op, req.body);
     res.status = r.status;

@@ -4,7 +4,8 @@
 //   POST /v1/completions, POST /v1/chat/completions  (stream and not; SSE
 //        ends with `data: [DONE]`; usage has prompt_tokens_details.cached_tokens)
 //   GET  /v1/models, /health, /metrics (Prometheus text format)
-//   /v1/cache/* (the KV cache store's control API, server/cache_api.h)
+//   /v1/cache/* (KV cache lookups across engine memory and the store, and the
+//        store's control API; server/cache_api.h)
 //
 // Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}
 // with a 4xx status for anything the client got wrong. A streaming client
