@@ -209,7 +209,7 @@ Status KvStoreConnector::StartLoad(const std::shared_ptr<StoreLoad>& load, KvCac
 }
 
 void KvStoreConnector::CancelLoad(const std::shared_ptr<StoreLoad>& load) {
-  if (!load) return;
+  if (!load || load->finished()) return;  // over already: nothing to stop
   load->cancelled_.store(true, std::memory_order_release);
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -211,7 +211,8 @@ CacheApiReply CacheApi::Handle(std::string_view op, std::string_view body_text) 
                            {"failed_fetches", c.failed_fetches}, {"timed_out_fetches", c.timed_out_fetches},
                            {"stored_chunks", c.stored_chunks}, {"store_encode_failures", c.store_encode_failures},
                            {"stored_decode_chunks", c.stored_decode_chunks}, {"fetch_seconds", c.fetch_seconds},
-                           {"layer_wait_seconds", c.layer_wait_seconds}}}});
+                           {"load_seconds", c.load_seconds}, {"layer_wait_seconds", c.layer_wait_seconds},
+                           {"discarded_passes", c.discarded_passes}}}});
   }
   if (op == "health") {
     json tiers = json::array();
@@ -389,8 +390,13 @@ void CacheApi::AppendMetrics(std::string* out) const {
   plain("strata_kv_store_stored_decode_chunks_total", "Of those, chunks holding generated tokens (save_decode_cache).",
         static_cast<double>(c.stored_decode_chunks));
   plain("strata_kv_store_encode_failures_total", "Chunks the engine failed to encode.", static_cast<double>(c.store_encode_failures));
-  plain("strata_kv_store_fetch_seconds_total", "Summed time from load start to ready.", c.fetch_seconds);
+  plain("strata_kv_store_fetch_seconds_total", "Summed time from load start to ready (every chunk's layer 0 placed).",
+        c.fetch_seconds);
+  plain("strata_kv_store_load_seconds_total", "Summed time from load start to every layer placed.", c.load_seconds);
   plain("strata_kv_store_layer_wait_seconds_total", "Engine time spent waiting for layers to be placed.", c.layer_wait_seconds);
+  plain("strata_kv_store_discarded_passes_total",
+        "Forward passes whose work for a sequence was thrown away: a loaded chunk failed during the pass.",
+        static_cast<double>(c.discarded_passes));
 }
 
 }  // namespace strata
