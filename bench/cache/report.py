@@ -50,8 +50,8 @@ def main():
           f"- Chunks of {raw['chunk_tokens']} tokens, f16 KV; medians of {raw['reps']} repetitions; "
           f"GB = 1e9 bytes. Loads = Get + ChunkReader::Open (header, tokens verified) + DecodeLayer of every layer "
           f"(section checksums verified) into contiguous KV memory, all chunks' Gets in flight at once.",
-          "- The engine path (scheduler + KvStoreConnector, layer-wise overlap) was being integrated while this "
-          "ran; these numbers are the store path measured directly (tiers + chunk reader), not end-to-end TTFT.",
+          "- These numbers are the store path measured directly (tiers + chunk reader), not end-to-end TTFT; "
+          "the engine path (scheduler + layer-wise loading) is measured by bench/cache/layerwise.sh (layerwise.md).",
           ""]
     md += ["## Sequential I/O on the disk tier's filesystem (the physical limit)", "",
            "| what | GB/s |", "| --- | ---: |",
