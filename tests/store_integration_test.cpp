@@ -462,28 +462,13 @@ TEST(StoreIntegration, CorruptAndTruncatedDiskFilesFallBackToRecompute) {
   }
 }
 
-// A tier whose Gets wait for a gate (a slow remote tier).
-class GatedTier final : public Tier {
+// A Tier that passes everything to another one; the test tiers below
+// override only what they change.
+class ForwardingTier : public Tier {
  public:
-  explicit GatedTier(std::unique_ptr<Tier> inner) : inner_(std::move(inner)) {}
-  ~GatedTier() override { Open(); }
-  void Open() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      open_ = true;
-    }
-    cv_.notify_all();
-  }
-  std::string_view name() const override { return "gated"; }
+  explicit ForwardingTier(std::unique_ptr<Tier> inner) : inner_(std::move(inner)) {}
   bool Contains(const ChunkKey& key) override { return inner_->Contains(key); }
-  std::future<Expected<ChunkBlob>> Get(const ChunkKey& key) override {
-    return std::async(std::launch::async, [this, key] {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return open_; });
-      lock.unlock();
-      return inner_->Get(key).get();
-    });
-  }
+  std::future<Expected<ChunkBlob>> Get(const ChunkKey& key) override { return inner_->Get(key); }
   std::future<Status> Put(const ChunkKey& key, ChunkBlob blob) override { return inner_->Put(key, std::move(blob)); }
   Status Remove(const ChunkKey& key) override { return inner_->Remove(key); }
   Status Clear() override { return inner_->Clear(); }
@@ -493,11 +478,53 @@ class GatedTier final : public Tier {
   Status Health() override { return inner_->Health(); }
   TierStats stats() const override { return inner_->stats(); }
 
- private:
+ protected:
   std::unique_ptr<Tier> inner_;
+};
+
+// A tier whose Gets wait for a gate (a slow remote tier).
+class GatedTier final : public ForwardingTier {
+ public:
+  explicit GatedTier(std::unique_ptr<Tier> inner) : ForwardingTier(std::move(inner)) {}
+  // Gets abandoned by a timeout or cancel still run to the end before the
+  // tier goes away.
+  ~GatedTier() override {
+    Open();
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return in_flight_ == 0; });
+  }
+  void Open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+  std::string_view name() const override { return "gated"; }
+  std::future<Expected<ChunkBlob>> Get(const ChunkKey& key) override {
+    auto promise = std::make_shared<std::promise<Expected<ChunkBlob>>>();
+    auto f = promise->get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++in_flight_;
+    }
+    std::thread([this, key, promise] {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return open_; });
+      lock.unlock();
+      promise->set_value(inner_->Get(key).get());
+      lock.lock();
+      --in_flight_;
+      cv_.notify_all();
+    }).detach();
+    return f;
+  }
+
+ private:
   std::mutex mu_;
   std::condition_variable cv_;
   bool open_ = false;
+  int in_flight_ = 0;
 };
 
 // While one sequence waits for its chunks, others keep stepping; a loading
@@ -569,18 +596,16 @@ TEST(StoreIntegration, LoadingDoesNotBlockAndCanBeCancelledOrTimeOut) {
 // layer of one chunk: the sequence joins its forward pass after layer 0 and
 // the failure surfaces mid-pass. (The connector asks for a chunk's sections
 // in layer order, so the n-th section request for a key is layer n.)
-class SlowLayersTier final : public Tier {
+class SlowLayersTier final : public ForwardingTier {
  public:
   SlowLayersTier(std::unique_ptr<Tier> inner, std::chrono::milliseconds delay)
-      : inner_(std::move(inner)), delay_(delay) {}
+      : ForwardingTier(std::move(inner)), delay_(delay) {}
   ~SlowLayersTier() override {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return in_flight_ == 0; });
   }
   void CorruptLastLayerOf(const ChunkKey& key) { bad_ = key; }
   std::string_view name() const override { return "slow"; }
-  bool Contains(const ChunkKey& key) override { return inner_->Contains(key); }
-  std::future<Expected<ChunkBlob>> Get(const ChunkKey& key) override { return inner_->Get(key); }
   std::future<Expected<ChunkBlob>> GetRange(const ChunkKey& key, ByteRange range) override {
     if (range.offset == 0) return inner_->GetRange(key, range);
     {
@@ -606,17 +631,8 @@ class SlowLayersTier final : public Tier {
     }).detach();
     return f;
   }
-  std::future<Status> Put(const ChunkKey& key, ChunkBlob blob) override { return inner_->Put(key, std::move(blob)); }
-  Status Remove(const ChunkKey& key) override { return inner_->Remove(key); }
-  Status Clear() override { return inner_->Clear(); }
-  Status Pin(const ChunkKey& key, std::chrono::milliseconds ttl) override { return inner_->Pin(key, ttl); }
-  Status Unpin(const ChunkKey& key) override { return inner_->Unpin(key); }
-  void SetEvictionListener(EvictionListener l) override { inner_->SetEvictionListener(std::move(l)); }
-  Status Health() override { return inner_->Health(); }
-  TierStats stats() const override { return inner_->stats(); }
 
  private:
-  std::unique_ptr<Tier> inner_;
   std::chrono::milliseconds delay_;
   ChunkKey bad_{};
   std::mutex mu_;

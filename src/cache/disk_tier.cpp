@@ -596,31 +596,38 @@ std::future<Expected<ChunkBlob>> DiskTier::Get(const ChunkKey& key) {
     const auto t0 = Clock::now();
     Expected<ChunkBlob> r = ReadChunk(key);
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    bool unlink_bad = false;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      auto it = index_.find(key);
-      const bool erasable = it != index_.end() && !it->second.writing;
-      if (r.ok()) {
-        ++stats_.hits;
-        stats_.bytes_read += r->size();
-        stats_.get_seconds += secs;
-        if (it == index_.end()) ProbeAndAdoptLocked(key, r->size());
-      } else if (r.status().code() == StatusCode::kNotFound) {
-        // Absent, or deleted by another process: a clean miss.
-        ++stats_.misses;
-        if (erasable) EraseLocked(key);
-      } else {
-        ++stats_.get_failures;
-        if (r.status().code() == StatusCode::kCorrupt) {
-          unlink_bad = true;
-          if (erasable) EraseLocked(key);
-        }
-      }
-    }
-    if (unlink_bad) ::unlink(PathFor(key).c_str());
+    // Every corrupt answer of a whole-file read is the file's own fault.
+    FinishRead(key, r, secs, /*count_hit=*/true, /*damaged=*/!r.ok() && r.status().code() == StatusCode::kCorrupt,
+               r.ok() ? std::optional<size_t>(r->size()) : std::nullopt);
     return r;
   });
+}
+
+void DiskTier::FinishRead(const ChunkKey& key, const Expected<ChunkBlob>& r, double secs, bool count_hit, bool damaged,
+                          std::optional<size_t> payload_bytes) {
+  bool unlink_bad = false;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = index_.find(key);
+    const bool erasable = it != index_.end() && !it->second.writing;
+    if (r.ok()) {
+      if (count_hit) ++stats_.hits;
+      stats_.bytes_read += r->size();
+      stats_.get_seconds += secs;
+      if (it == index_.end()) ProbeAndAdoptLocked(key, payload_bytes);
+    } else if (r.status().code() == StatusCode::kNotFound) {
+      // Absent, or deleted by another process: a clean miss.
+      ++stats_.misses;
+      if (erasable) EraseLocked(key);
+    } else {
+      ++stats_.get_failures;
+      if (damaged) {
+        unlink_bad = true;
+        if (erasable) EraseLocked(key);
+      }
+    }
+  }
+  if (unlink_bad) ::unlink(PathFor(key).c_str());
 }
 
 std::future<Status> DiskTier::Put(const ChunkKey& key, ChunkBlob blob) {
@@ -925,28 +932,8 @@ std::future<Expected<ChunkBlob>> DiskTier::GetRange(const ChunkKey& key, ByteRan
     bool damaged = false;
     Expected<ChunkBlob> r = ReadRange(key, range, &damaged);
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    bool unlink_bad = false;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      auto it = index_.find(key);
-      const bool erasable = it != index_.end() && !it->second.writing;
-      if (r.ok()) {
-        if (range.offset == 0) ++stats_.hits;
-        stats_.bytes_read += r->size();
-        stats_.get_seconds += secs;
-        if (it == index_.end()) ProbeAndAdoptLocked(key, std::nullopt);
-      } else if (r.status().code() == StatusCode::kNotFound) {
-        ++stats_.misses;
-        if (erasable) EraseLocked(key);
-      } else {
-        ++stats_.get_failures;
-        if (r.status().code() == StatusCode::kCorrupt && damaged) {
-          unlink_bad = true;
-          if (erasable) EraseLocked(key);
-        }
-      }
-    }
-    if (unlink_bad) ::unlink(PathFor(key).c_str());
+    FinishRead(key, r, secs, /*count_hit=*/range.offset == 0, damaged && !r.ok() && r.status().code() == StatusCode::kCorrupt,
+               std::nullopt);
     return r;
   });
 }

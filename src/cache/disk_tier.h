@@ -132,6 +132,11 @@ class DiskTier final : public Tier {
   Expected<ChunkBlob> ReadChunk(const ChunkKey& key);
   // *damaged: the file itself is bad (torn, wrong header), not just the range.
   Expected<ChunkBlob> ReadRange(const ChunkKey& key, ByteRange range, bool* damaged);
+  // Stats and index after a read: a hit (counted if `count_hit`), a miss
+  // (absent: dropped from the index), or a failure (a damaged file is
+  // dropped and unlinked).
+  void FinishRead(const ChunkKey& key, const Expected<ChunkBlob>& r, double secs, bool count_hit, bool damaged,
+                  std::optional<size_t> payload_bytes);
   Status WriteChunk(const ChunkKey& key, const ChunkBlob& blob);
   void ProcessVictims(const std::vector<Victim>& victims);
   void FinishPut(const ChunkKey& key, uint64_t id, const Status& st, size_t bytes, double secs);
