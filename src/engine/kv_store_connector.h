@@ -93,7 +93,7 @@ struct StorePrefixLookup {
 struct KvStoreConnectorCounters {
   uint64_t lookups = 0;            // PlanLoad calls
   uint64_t loads_started = 0;
-  uint64_t loads_completed = 0;    // became ready (fully or partly loaded)
+  uint64_t loads_completed = 0;    // ran to the end, not cancelled (fully or partly loaded)
   uint64_t loads_cancelled = 0;    // cancelled or preempted before use
   uint64_t planned_tokens = 0;     // tokens loads set out to bring
   uint64_t loaded_tokens = 0;      // tokens verified and placed in KV memory

@@ -383,7 +383,7 @@ void CacheApi::AppendMetrics(std::string* out) const {
   plain("strata_kv_store_missing_chunks_total", "Chunks gone between lookup and fetch.", static_cast<double>(c.missing_chunks));
   plain("strata_kv_store_verify_failures_total", "Fetched chunks that failed verification.", static_cast<double>(c.corrupt_chunks));
   plain("strata_kv_store_loads_started_total", "Store loads the scheduler started.", static_cast<double>(c.loads_started));
-  plain("strata_kv_store_loads_completed_total", "Store loads that became ready.", static_cast<double>(c.loads_completed));
+  plain("strata_kv_store_loads_completed_total", "Store loads that ran to the end (fully or partly loaded).", static_cast<double>(c.loads_completed));
   plain("strata_kv_store_loads_cancelled_total", "Store loads cancelled or preempted before use.", static_cast<double>(c.loads_cancelled));
   plain("strata_kv_store_planned_tokens_total", "Tokens loads set out to bring.", static_cast<double>(c.planned_tokens));
   plain("strata_kv_store_stored_chunks_total", "Chunks the engine encoded and stored.", static_cast<double>(c.stored_chunks));
