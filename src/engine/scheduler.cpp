@@ -362,6 +362,13 @@ Expected<bool> Scheduler::Step() {
     batch_.push_back(BatchSeq{s->slot, std::span<const TokenId>(s->tokens.data() + s->n_computed, static_cast<size_t>(s->chunk)),
                               s->n_computed, false});
   }
+  // What each sequence needs next step, so KV memory can get it ready while
+  // this pass runs (the virtual memory maps and faults pages meanwhile).
+  for (Sequence* s : plan) {
+    const int64_t after = s->n_computed + s->chunk;
+    const int64_t left = static_cast<int64_t>(s->tokens.size()) - after;
+    kv_.PrepareAhead(s->slot, after + (left > 0 ? std::min(left, options_.step_tokens) : 1));
+  }
   // Loads still arriving are placed layer by layer during this pass.
   ForwardHooks* hooks = nullptr;
   std::vector<std::shared_ptr<StoreLoad>> loads;

@@ -33,9 +33,14 @@ struct KvMemoryStats {
   uint64_t prefix_query_tokens = 0;
   uint64_t prefix_hit_tokens = 0;
   uint64_t evictions = 0;       // cached blocks or idle slots' pages reclaimed under pressure
-  // Virtual memory: page mappings made and the time they took.
+  // Virtual memory: page mappings made and the time they took, on any
+  // thread; how many of them the background mapper made ahead of need; and
+  // the time the engine thread itself spent in Reserve (mapping what was not
+  // ready, or waiting for the mapper) -- the part on the critical path.
   uint64_t page_maps = 0;
+  uint64_t ahead_page_maps = 0;
   double map_seconds = 0;
+  double map_wait_seconds = 0;
 };
 
 class ManagedKvCache : public KvCache {
@@ -50,6 +55,12 @@ class ManagedKvCache : public KvCache {
   virtual int64_t AvailablePositions() const = 0;
   // Allocation granularity in positions (a block, or one page per plane).
   virtual int64_t granule_positions() const = 0;
+  // A hint, given just before a forward pass: `seq` will soon need
+  // `n_positions` (its next step). Memory that is slow to provide may get
+  // ready in the background while the pass runs, so the next Reserve finds
+  // it. Never fails and never takes memory a Reserve needs: what it
+  // prepares beyond a sequence's reservation is given back under pressure.
+  virtual void PrepareAhead(int seq, int64_t n_positions) { (void)seq; (void)n_positions; }
   // Positions `seq` can hold without allocating (its blocks, or the pages
   // its slot still has mapped from an earlier sequence).
   virtual int64_t BackedPositions(int seq) const = 0;

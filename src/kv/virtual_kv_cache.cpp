@@ -12,8 +12,10 @@
 namespace strata {
 
 namespace {
+using Clock = std::chrono::steady_clock;
 size_t RoundUp(size_t n, size_t a) { return (n + a - 1) / a * a; }
 size_t CeilDiv(size_t n, size_t a) { return (n + a - 1) / a; }
+double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 }  // namespace
 
 Expected<std::unique_ptr<VirtualKvCache>> VirtualKvCache::Create(const VirtualKvOptions& o) {
@@ -33,7 +35,10 @@ Expected<std::unique_ptr<VirtualKvCache>> VirtualKvCache::Create(const VirtualKv
   }
   if (c->n_pages_ > (int64_t{1} << 30)) return Status::InvalidArgument("the KV budget holds too many pages");
   c->fd_ = memfd_create("strata-kv", MFD_CLOEXEC | (o.huge_pages ? MFD_HUGETLB : 0u));
-  if (c->fd_ < 0) return Status::IoError(std::string("memfd_create for the KV page pool failed: ") + std::strerror(errno));
+  if (c->fd_ < 0) {
+    return Status::IoError(std::string("memfd_create for the KV page pool failed: ") + std::strerror(errno) +
+                           (o.huge_pages ? " (does this kernel support hugetlbfs?)" : ""));
+  }
   const size_t pool = static_cast<size_t>(c->n_pages_) * c->page_;
   if (ftruncate(c->fd_, static_cast<off_t>(pool)) != 0) {
     return Status::ResourceExhausted("cannot size the KV page pool to " + std::to_string(pool >> 20) + " MiB: " +
@@ -42,31 +47,61 @@ Expected<std::unique_ptr<VirtualKvCache>> VirtualKvCache::Create(const VirtualKv
   c->free_.reserve(static_cast<size_t>(c->n_pages_));
   for (int64_t i = c->n_pages_; i-- > 0;) c->free_.push_back(static_cast<int32_t>(i));
   c->slots_.resize(static_cast<size_t>(o.max_seqs));
+  // One reservation for all slots, aligned to the page size: a huge page can
+  // only be mapped at a 2 MiB-aligned address.
   const size_t slot_bytes = c->plane_bytes_ * static_cast<size_t>(c->n_planes_);
-  for (Slot& s : c->slots_) {
-    void* p = mmap(nullptr, slot_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) {
-      return Status::ResourceExhausted("cannot reserve " + std::to_string(slot_bytes >> 20) +
-                                       " MiB of address space per KV slot: " + std::strerror(errno) +
-                                       " (lower --parallel or -c)");
-    }
-    s.base = static_cast<uint8_t*>(p);
+  const size_t total = slot_bytes * static_cast<size_t>(o.max_seqs);
+  if (total / static_cast<size_t>(o.max_seqs) != slot_bytes || total > (size_t{1} << 46)) {
+    return Status::ResourceExhausted("reserving " + std::to_string(o.max_seqs) + " KV slots of " +
+                                     std::to_string(slot_bytes >> 20) + " MiB needs more address space than there is " +
+                                     "(lower --parallel or -c)");
   }
+  c->region_bytes_ = total + c->page_;
+  void* p = mmap(nullptr, c->region_bytes_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    c->region_ = nullptr;
+    return Status::ResourceExhausted("cannot reserve " + std::to_string(total >> 20) +
+                                     " MiB of address space for the KV slots: " + std::strerror(errno) +
+                                     " (lower --parallel or -c)");
+  }
+  c->region_ = p;
+  uint8_t* base = reinterpret_cast<uint8_t*>(RoundUp(reinterpret_cast<uintptr_t>(p), c->page_));
+  for (size_t i = 0; i < c->slots_.size(); ++i) c->slots_[i].base = base + i * slot_bytes;
   c->counters_.budget_bytes = pool;
+  if (o.map_ahead) c->mapper_ = std::thread([raw = c.get()] { raw->MapperLoop(); });
   return c;
 }
 
 VirtualKvCache::~VirtualKvCache() {
-  const size_t slot_bytes = plane_bytes_ * static_cast<size_t>(n_planes_);
-  for (Slot& s : slots_) {
-    if (s.base) munmap(s.base, slot_bytes);
+  if (mapper_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    mapper_cv_.notify_all();
+    mapper_.join();
   }
+  if (region_) munmap(region_, region_bytes_);
   if (fd_ >= 0) close(fd_);
 }
 
 int64_t VirtualKvCache::granule_positions() const { return std::max<int64_t>(1, static_cast<int64_t>(page_ / row_bytes_)); }
 
+int64_t VirtualKvCache::PagesFor(int64_t positions) const {
+  return static_cast<int64_t>(CeilDiv(static_cast<size_t>(positions) * row_bytes_, page_));
+}
+
+int64_t VirtualKvCache::BackedLocked(const Slot& s) const {
+  return static_cast<int64_t>(static_cast<size_t>(s.mapped) * page_ / row_bytes_);
+}
+
+int64_t VirtualKvCache::free_pages() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(free_.size());
+}
+
 int VirtualKvCache::AcquireSlot() {
+  std::lock_guard<std::mutex> lock(mu_);
   // Prefer the idle slot with the most pages still mapped: its sequence
   // starts without any mapping call.
   int best = -1;
@@ -75,7 +110,11 @@ int VirtualKvCache::AcquireSlot() {
     if (s.active) continue;
     if (best < 0 || s.mapped > slots_[static_cast<size_t>(best)].mapped) best = i;
   }
-  if (best >= 0) slots_[static_cast<size_t>(best)].active = true;
+  if (best >= 0) {
+    Slot& s = slots_[static_cast<size_t>(best)];
+    s.active = true;
+    s.view_capacity = BackedLocked(s);
+  }
   return best;
 }
 
@@ -91,35 +130,59 @@ bool VirtualKvCache::ReclaimIdle(const Slot* except) {
   return true;
 }
 
-void VirtualKvCache::UnmapAll(Slot& s) {
-  if (s.mapped == 0) return;
+bool VirtualKvCache::ReclaimAhead(const Slot* except) {
+  // Pages mapped past a live sequence's reservation (by the mapper, or kept
+  // from the slot's previous sequence) are not read or written by any pass
+  // until a Reserve covers them, so they can go back to the pool.
+  bool any = false;
+  for (Slot& s : slots_) {
+    if (!s.active || &s == except) continue;
+    const int64_t keep = PagesFor(s.positions);
+    if (s.mapped > keep) {
+      UnmapTail(s, keep);
+      s.view_capacity = std::min(s.view_capacity, BackedLocked(s));
+      any = true;
+    }
+  }
+  return any;
+}
+
+void VirtualKvCache::ReleasePage(int32_t page) {
+  // Punching the page out of the memfd returns its memory to the OS.
+  fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(page) * static_cast<off_t>(page_),
+            static_cast<off_t>(page_));
+  free_.push_back(page);
+}
+
+void VirtualKvCache::UnmapTail(Slot& s, int64_t keep) {
+  if (s.mapped <= keep) return;
+  const size_t cap = s.pages.size() / static_cast<size_t>(n_planes_);
   for (int pl = 0; pl < n_planes_; ++pl) {
     // Replacing the range with a fresh PROT_NONE reservation drops the
     // shared mapping and keeps the address space ours.
-    void* p = mmap(Plane(s, pl), static_cast<size_t>(s.mapped) * page_, PROT_NONE,
+    void* p = mmap(Plane(s, pl) + static_cast<size_t>(keep) * page_, static_cast<size_t>(s.mapped - keep) * page_, PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
     (void)p;
-    for (int64_t i = 0; i < s.mapped; ++i) {
-      const int32_t page = s.pages[static_cast<size_t>(pl) * static_cast<size_t>(s.pages.size() / n_planes_) + static_cast<size_t>(i)];
-      // Punching the page out of the memfd returns its memory to the OS.
-      fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(page) * static_cast<off_t>(page_),
-                static_cast<off_t>(page_));
-      free_.push_back(page);
-    }
+    for (int64_t i = keep; i < s.mapped; ++i) ReleasePage(s.pages[static_cast<size_t>(pl) * cap + static_cast<size_t>(i)]);
   }
-  s.mapped = 0;
-  s.pages.clear();
+  s.mapped = keep;
+  if (keep == 0) s.pages.clear();
 }
 
-Status VirtualKvCache::MapPages(Slot& s, int64_t want, bool best_effort) {
+Status VirtualKvCache::MapPages(Slot& s, int64_t want, bool best_effort, bool ahead) {
   if (want <= s.mapped) return Status::Ok();
-  const auto t0 = std::chrono::steady_clock::now();
-  const int64_t add = want - s.mapped;
+  const auto t0 = Clock::now();
+  int64_t add = want - s.mapped;
   while (static_cast<int64_t>(free_.size()) < add * n_planes_) {
-    if (best_effort || !ReclaimIdle(&s)) break;
+    if (best_effort || !(ReclaimIdle(&s) || ReclaimAhead(&s))) break;
+  }
+  if (best_effort) {
+    // As far as the free pages go.
+    add = std::min(add, static_cast<int64_t>(free_.size()) / n_planes_);
+    if (add == 0) return Status::Ok();
+    want = s.mapped + add;
   }
   if (static_cast<int64_t>(free_.size()) < add * n_planes_) {
-    if (best_effort) return Status::Ok();
     return Status::ResourceExhausted("the KV budget (" + std::to_string((static_cast<size_t>(n_pages_) * page_) >> 20) +
                                      " MiB of pages) is used up");
   }
@@ -139,18 +202,33 @@ Status VirtualKvCache::MapPages(Slot& s, int64_t want, bool best_effort) {
     for (int64_t i = s.mapped; i < want; ++i) {
       const int32_t page = free_.back();
       uint8_t* addr = Plane(s, pl) + static_cast<size_t>(i) * page_;
-      void* p = mmap(addr, page_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_,
+      // MAP_POPULATE faults the page in now, so the pass that first writes
+      // it does not take the fault (for the mapper, that is the point).
+      void* p = mmap(addr, page_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_POPULATE, fd_,
                      static_cast<off_t>(page) * static_cast<off_t>(page_));
       if (p == MAP_FAILED) {
-        return Status::ResourceExhausted(std::string("mapping a KV page failed: ") + std::strerror(errno));
+        const int err = errno;
+        // Keep the planes consistent: drop this plane's partial progress.
+        for (int q = 0; q <= pl; ++q) {
+          const int64_t upto = q < pl ? want : i;
+          if (upto <= s.mapped) continue;
+          mmap(Plane(s, q) + static_cast<size_t>(s.mapped) * page_, static_cast<size_t>(upto - s.mapped) * page_, PROT_NONE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+          for (int64_t j = s.mapped; j < upto; ++j) ReleasePage(s.pages[static_cast<size_t>(q) * cap + static_cast<size_t>(j)]);
+        }
+        if (best_effort) return Status::Ok();
+        return Status::ResourceExhausted(std::string("mapping a KV page failed: ") + std::strerror(err) +
+                                         (o_.huge_pages ? " (are enough huge pages reserved?)" : ""));
       }
       free_.pop_back();
       s.pages[static_cast<size_t>(pl) * cap + static_cast<size_t>(i)] = page;
-      ++counters_.page_maps;
     }
   }
+  const uint64_t n = static_cast<uint64_t>(add) * static_cast<uint64_t>(n_planes_);
+  counters_.page_maps += n;
+  if (ahead) counters_.ahead_page_maps += n;
   s.mapped = want;
-  counters_.map_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  counters_.map_seconds += Since(t0);
   return Status::Ok();
 }
 
@@ -160,20 +238,62 @@ Status VirtualKvCache::Reserve(int seq, int64_t n_positions) {
     return Status::OutOfRange("sequence needs " + std::to_string(n_positions) + " positions but the context holds " +
                               std::to_string(o_.max_positions) + " (raise -c / --ctx-size)");
   }
+  const auto t0 = Clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
   Slot& s = slots_[static_cast<size_t>(seq)];
   s.active = true;
-  const int64_t need = static_cast<int64_t>(CeilDiv(static_cast<size_t>(n_positions) * row_bytes_, page_));
-  STRATA_RETURN_IF_ERROR(MapPages(s, need, false));
+  Status st = MapPages(s, PagesFor(n_positions), false, false);
+  if (st.ok() && !o_.map_ahead) {
+    const int64_t ahead = o_.lookahead < 0 ? granule_positions() : o_.lookahead;
+    st = MapPages(s, PagesFor(std::min(o_.max_positions, n_positions + ahead)), true, false);
+  }
+  if (st.ok()) s.positions = std::max(s.positions, n_positions);
+  s.view_capacity = BackedLocked(s);
+  counters_.map_wait_seconds += Since(t0);
+  return st;
+}
+
+void VirtualKvCache::PrepareAhead(int seq, int64_t n_positions) {
+  if (!o_.map_ahead || seq < 0 || seq >= o_.max_seqs) return;
   const int64_t ahead = o_.lookahead < 0 ? granule_positions() : o_.lookahead;
-  const int64_t ahead_pos = std::min(o_.max_positions, n_positions + ahead);
-  const int64_t want = static_cast<int64_t>(CeilDiv(static_cast<size_t>(ahead_pos) * row_bytes_, page_));
-  STRATA_RETURN_IF_ERROR(MapPages(s, want, true));
-  s.positions = std::max(s.positions, n_positions);
-  return Status::Ok();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ahead_.emplace_back(seq, std::min(o_.max_positions, n_positions + ahead));
+  }
+  mapper_cv_.notify_one();
+}
+
+void VirtualKvCache::WaitForMapper() {
+  std::unique_lock<std::mutex> lock(mu_);
+  idle_cv_.wait(lock, [&] { return ahead_.empty() && !mapper_busy_; });
+}
+
+void VirtualKvCache::MapperLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    mapper_cv_.wait(lock, [&] { return stop_ || !ahead_.empty(); });
+    if (stop_) return;
+    const auto [seq, positions] = ahead_.front();
+    ahead_.pop_front();
+    Slot& s = slots_[static_cast<size_t>(seq)];
+    // A slot cleared since the hint was given keeps its pages for the next
+    // sequence anyway; nothing to prepare for it.
+    if (s.active) {
+      mapper_busy_ = true;
+      // Best effort, never reclaiming: a hint must not evict anything.
+      (void)MapPages(s, PagesFor(positions), true, true);
+      mapper_busy_ = false;
+    }
+    if (ahead_.empty()) idle_cv_.notify_all();
+    // Lets a waiting engine thread in between two slots' mappings.
+    lock.unlock();
+    lock.lock();
+  }
 }
 
 int64_t VirtualKvCache::BackedPositions(int seq) const {
-  return static_cast<int64_t>(static_cast<size_t>(slots_[static_cast<size_t>(seq)].mapped) * page_ / row_bytes_);
+  std::lock_guard<std::mutex> lock(mu_);
+  return BackedLocked(slots_[static_cast<size_t>(seq)]);
 }
 
 KvLayerView VirtualKvCache::View(int seq, int layer) {
@@ -182,37 +302,46 @@ KvLayerView VirtualKvCache::View(int seq, int layer) {
   v.k = reinterpret_cast<fp16_t*>(Plane(s, 2 * layer));
   v.v = reinterpret_cast<fp16_t*>(Plane(s, 2 * layer + 1));
   v.stride = o_.kv_dim;
-  v.capacity = BackedPositions(seq);
+  v.capacity = s.view_capacity;
   return v;
 }
 
 void VirtualKvCache::Clear(int seq) {
   if (seq < 0 || seq >= o_.max_seqs) return;
+  std::lock_guard<std::mutex> lock(mu_);
   Slot& s = slots_[static_cast<size_t>(seq)];
   s.active = false;
   s.positions = 0;
+  s.view_capacity = 0;
   s.released_at = ++clock_;
+  std::erase_if(ahead_, [seq](const auto& job) { return job.first == seq; });
 }
 
 void VirtualKvCache::Trim() {
+  std::lock_guard<std::mutex> lock(mu_);
   for (Slot& s : slots_) {
     if (!s.active) UnmapAll(s);
   }
 }
 
 int64_t VirtualKvCache::AvailablePositions() const {
+  std::lock_guard<std::mutex> lock(mu_);
   int64_t pages = static_cast<int64_t>(free_.size());
   for (const Slot& s : slots_) {
-    if (!s.active) pages += s.mapped * n_planes_;
+    if (!s.active) {
+      pages += s.mapped * n_planes_;
+    } else if (s.positions > 0) {
+      // Mapped ahead of the reservation: ReclaimAhead can take it. (A slot
+      // just acquired reports its warm pages as its own BackedPositions.)
+      pages += std::max<int64_t>(0, s.mapped - PagesFor(s.positions)) * n_planes_;
+    }
   }
   return pages / n_planes_ * static_cast<int64_t>(page_) / static_cast<int64_t>(row_bytes_);
 }
 
-size_t VirtualKvCache::committed_bytes() const {
-  return (static_cast<size_t>(n_pages_) - free_.size()) * page_;
-}
+size_t VirtualKvCache::CommittedLocked() const { return (static_cast<size_t>(n_pages_) - free_.size()) * page_; }
 
-size_t VirtualKvCache::used_bytes() const {
+size_t VirtualKvCache::UsedLocked() const {
   size_t pages = 0;
   for (const Slot& s : slots_) {
     if (s.active) pages += static_cast<size_t>(s.mapped) * static_cast<size_t>(n_planes_);
@@ -220,10 +349,21 @@ size_t VirtualKvCache::used_bytes() const {
   return pages * page_;
 }
 
+size_t VirtualKvCache::committed_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return CommittedLocked();
+}
+
+size_t VirtualKvCache::used_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return UsedLocked();
+}
+
 KvMemoryStats VirtualKvCache::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
   KvMemoryStats st = counters_;
-  st.committed_bytes = committed_bytes();
-  st.used_bytes = used_bytes();
+  st.committed_bytes = CommittedLocked();
+  st.used_bytes = UsedLocked();
   st.cached_bytes = st.committed_bytes - st.used_bytes;
   st.active_slots = static_cast<int>(std::count_if(slots_.begin(), slots_.end(), [](const Slot& s) { return s.active; }));
   return st;

@@ -5,9 +5,13 @@
 // huge pages when asked), mapped MAP_FIXED|MAP_SHARED into a slot's ranges
 // as its sequence grows.
 //
-// - Mapping runs ahead of the forward pass: the scheduler reserves each
-//   step's positions before calling Forward, and Reserve maps `lookahead`
-//   positions past what is needed, so most decode steps map nothing.
+// - Mapping runs ahead of the forward pass, off its critical path: before
+//   each pass the scheduler says what every sequence in it will need next
+//   (PrepareAhead), and a background mapper thread maps and pre-faults those
+//   pages (plus `lookahead` positions) while the pass computes. The next
+//   Reserve then finds them mapped; it maps synchronously only what the
+//   mapper has not reached. Pages mapped ahead are not yet reserved: a
+//   Reserve that runs short takes them back.
 // - Deferred reclamation: Clear() leaves a slot's pages mapped; the next
 //   sequence in that slot reuses them without any mapping call.
 // - When the pool runs short, pages are reclaimed from idle slots (least
@@ -18,10 +22,17 @@
 // next, so AttachCachedPrefix and ProbeCachedPrefix keep the base class's
 // answer (nothing held).
 //
-// Thread-safety: not thread-safe (one engine thread).
+// Thread-safety: the interface is the engine thread's (one thread), as for
+// every ManagedKvCache. Inside, mu_ guards the pool and the slots' page
+// lists against the mapper thread; View reads only what the engine thread
+// set at Reserve, so the forward pass never waits for the mapper.
 #pragma once
 
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "kv/managed_kv_cache.h"
@@ -36,6 +47,10 @@ struct VirtualKvOptions {
   size_t budget_bytes = 0;    // the page pool; rounded down to whole pages
   bool huge_pages = false;    // 2 MiB pages (needs hugetlbfs pages reserved by the OS)
   int64_t lookahead = -1;     // positions mapped beyond need; -1: one page's worth
+  // true: a background thread maps PrepareAhead's targets while the forward
+  // pass runs. false: Reserve maps `lookahead` past need inline (the
+  // synchronous baseline the benchmark compares against).
+  bool map_ahead = true;
 };
 
 class VirtualKvCache final : public ManagedKvCache {
@@ -51,6 +66,11 @@ class VirtualKvCache final : public ManagedKvCache {
   // (plus best-effort lookahead). kResourceExhausted when the pool, after
   // reclaiming idle slots, has too few pages; pages mapped so far stay.
   Status Reserve(int seq, int64_t n_positions) override;
+  // Queues `n_positions` (+ lookahead) of `seq` for the mapper thread.
+  // Without map_ahead, does nothing.
+  void PrepareAhead(int seq, int64_t n_positions) override;
+  // Blocks until the mapper has finished everything queued (tests, benches).
+  void WaitForMapper();
   KvLayerView View(int seq, int layer) override;
   void Clear(int seq) override;
   size_t committed_bytes() const override;
@@ -66,7 +86,7 @@ class VirtualKvCache final : public ManagedKvCache {
 
   size_t page_bytes() const { return page_; }
   int64_t pool_pages() const { return n_pages_; }
-  int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
+  int64_t free_pages() const;
 
  private:
   struct Slot {
@@ -75,17 +95,29 @@ class VirtualKvCache final : public ManagedKvCache {
     int64_t mapped = 0;             // pages mapped per plane
     std::vector<int32_t> pages;     // [plane][i], plane-major, capacity grows
     int64_t positions = 0;          // positions the current sequence reserved
+    int64_t view_capacity = 0;      // positions View reports; engine thread only
     uint64_t released_at = 0;       // LRU stamp for reclamation
   };
 
   explicit VirtualKvCache(const VirtualKvOptions& o) : o_(o) {}
-  Status MapPages(Slot& s, int64_t pages_per_plane, bool best_effort);
-  void UnmapAll(Slot& s);
+  // All below run with mu_ held.
+  Status MapPages(Slot& s, int64_t pages_per_plane, bool best_effort, bool ahead);
+  void UnmapAll(Slot& s) { UnmapTail(s, 0); }
+  void UnmapTail(Slot& s, int64_t keep_pages);
   bool ReclaimIdle(const Slot* except);
+  bool ReclaimAhead(const Slot* except);
+  void ReleasePage(int32_t page);
+  size_t CommittedLocked() const;
+  size_t UsedLocked() const;
+  int64_t PagesFor(int64_t positions) const;
+  int64_t BackedLocked(const Slot& s) const;
+  void MapperLoop();
   uint8_t* Plane(const Slot& s, int plane) const { return s.base + static_cast<size_t>(plane) * plane_bytes_; }
 
   VirtualKvOptions o_;
   int fd_ = -1;
+  void* region_ = nullptr;  // every slot's reservation, aligned to page_
+  size_t region_bytes_ = 0;
   size_t page_ = 4096;
   int64_t n_pages_ = 0;
   size_t plane_bytes_ = 0;
@@ -95,6 +127,14 @@ class VirtualKvCache final : public ManagedKvCache {
   std::vector<Slot> slots_;
   uint64_t clock_ = 0;
   KvMemoryStats counters_;
+
+  mutable std::mutex mu_;
+  std::condition_variable mapper_cv_;   // work queued, or stopping
+  std::condition_variable idle_cv_;     // the mapper ran out of work
+  std::deque<std::pair<int, int64_t>> ahead_;  // (slot, target positions)
+  bool mapper_busy_ = false;
+  bool stop_ = false;
+  std::thread mapper_;
 };
 
 }  // namespace strata
