@@ -9,7 +9,7 @@ PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libxxhash-dev libzstd-dev liblz4-dev
-  libhiredis-dev liburing-dev libcpp-httplib-dev redis-server
+  libhiredis-dev liburing-dev libcpp-httplib-dev libicu-dev redis-server
   python3 python3-numpy nodejs npm curl
 )
 

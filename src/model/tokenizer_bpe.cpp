@@ -122,6 +122,8 @@ class BpeTokenizer final : public VocabTokenizer {
 
 void BpeTokenizer::EncodeText(std::string_view text, bool /*after_special*/,
                               std::vector<TokenId>* out) const {
+  std::string normalized;
+  if (pre_.nfc && NormalizeNfc(text, &normalized)) text = normalized;
   std::vector<std::string_view> pieces;
   PreTokenize(pre_.kind, text, &pieces);
   for (std::string_view piece : pieces) {

@@ -18,8 +18,10 @@ Expected<PreTokenizerSpec> PreTokenizerFromName(std::string_view name) {
   if (name == "smaug-bpe" || name == "dbrx" || name == "falcon3" || name == "pixtral") {
     return PreTokenizerSpec{PreTokenizerKind::kLlama3, false};
   }
-  if (name == "qwen2" || name == "stablelm2" || name == "deepseek-r1-qwen" || name == "megrez" ||
-      name == "hunyuan") {
+  if (name == "qwen2" || name == "deepseek-r1-qwen") {
+    return PreTokenizerSpec{PreTokenizerKind::kQwen2, false, true};
+  }
+  if (name == "stablelm2" || name == "megrez" || name == "hunyuan") {
     return PreTokenizerSpec{PreTokenizerKind::kQwen2, false};
   }
   if (name == "smollm" || name == "starcoder" || name == "refact" || name == "command-r" ||

@@ -27,6 +27,9 @@ struct PreTokenizerSpec {
   // Llama 3: a piece that is itself a vocabulary entry is emitted whole,
   // without running merges (HF BPE "ignore_merges").
   bool ignore_merges = false;
+  // Input is NFC-normalized before splitting (Qwen2/3's tokenizer.json has
+  // an NFC normalizer; added tokens are matched before it, as in HF).
+  bool nfc = false;
 };
 
 // Maps tokenizer.ggml.pre to a family; kUnsupported names an unknown one.

@@ -1,7 +1,11 @@
 #include "model/tokenizer_unicode.h"
 
+#include <unicode/unorm2.h>
+#include <unicode/ustring.h>
+
 #include <algorithm>
 #include <array>
+#include <vector>
 
 namespace strata {
 
@@ -87,6 +91,38 @@ void AppendUtf8(char32_t cp, std::string* out) {
     out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
     out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
   }
+}
+
+bool NormalizeNfc(std::string_view text, std::string* out) {
+  // Code points below U+0300 are unchanged by NFC and only compose with a
+  // following mark at U+0300 or above, whose UTF-8 lead byte is >= 0xCC.
+  if (std::none_of(text.begin(), text.end(), [](char c) { return static_cast<uint8_t>(c) >= 0xCC; })) return false;
+  if (text.size() > static_cast<size_t>(INT32_MAX / 4)) return false;
+  UErrorCode err = U_ZERO_ERROR;
+  const UNormalizer2* nfc = unorm2_getNFCInstance(&err);
+  if (U_FAILURE(err)) return false;
+  const auto len = static_cast<int32_t>(text.size());
+  // UTF-16 never has more units than UTF-8 has bytes.
+  std::vector<UChar> u16(static_cast<size_t>(len));
+  int32_t n16 = 0;
+  u_strFromUTF8(u16.data(), len, &n16, text.data(), len, &err);
+  if (U_FAILURE(err)) return false;
+  if (unorm2_quickCheck(nfc, u16.data(), n16, &err) == UNORM_YES && U_SUCCESS(err)) return false;
+  err = U_ZERO_ERROR;
+  // NFC of valid text is at most 3x longer (UAX #15's bound for NFC).
+  std::vector<UChar> norm(static_cast<size_t>(n16) * 3 + 1);
+  const int32_t nn = unorm2_normalize(nfc, u16.data(), n16, norm.data(), static_cast<int32_t>(norm.size()), &err);
+  if (U_FAILURE(err)) return false;
+  int32_t n8 = 0;
+  u_strToUTF8(nullptr, 0, &n8, norm.data(), nn, &err);
+  if (err != U_BUFFER_OVERFLOW_ERROR && U_FAILURE(err)) return false;
+  err = U_ZERO_ERROR;
+  std::string result(static_cast<size_t>(n8), '\0');
+  u_strToUTF8(result.data(), n8, nullptr, norm.data(), nn, &err);
+  if (U_FAILURE(err) && err != U_STRING_NOT_TERMINATED_WARNING) return false;
+  if (result == text) return false;
+  *out = std::move(result);
+  return true;
 }
 
 }  // namespace strata

@@ -37,4 +37,9 @@ char32_t DecodeUtf8(std::string_view s, size_t i, int len);
 
 void AppendUtf8(char32_t cp, std::string* out);
 
+// Unicode Normalization Form C of valid UTF-8 `text` (ICU). Returns false,
+// leaving *out alone, when NFC would not change the text (the common case,
+// decided without converting pure ASCII at all).
+bool NormalizeNfc(std::string_view text, std::string* out);
+
 }  // namespace strata
