@@ -27,6 +27,7 @@ struct ServeFlags {
   int block_size = 16;
   bool no_prefix_cache = false;
   bool huge_pages = false;
+  bool no_map_ahead = false;
   int64_t step_tokens = 256;
   double max_body_mib = 1;
   KvStoreFlags store;
@@ -58,6 +59,7 @@ int RunServe(ServeFlags f) {
     o.max_positions = ctx;
     o.budget_bytes = budget;
     o.huge_pages = f.huge_pages;
+    o.map_ahead = !f.no_map_ahead;
     auto v = VirtualKvCache::Create(o);
     if (!v.ok()) return Fail(v.status());
     kv = std::move(*v);
@@ -135,6 +137,8 @@ void RegisterServe(CLI::App& app) {
   cmd->add_option("--kv-block-size", flags->block_size, "positions per KV block (paged)")->capture_default_str()->check(CLI::Range(1, 4096));
   cmd->add_flag("--no-prefix-cache", flags->no_prefix_cache, "do not reuse KV of shared prompt prefixes (paged)");
   cmd->add_flag("--huge-pages", flags->huge_pages, "back virtual KV memory with 2 MiB huge pages");
+  cmd->add_flag("--no-map-ahead", flags->no_map_ahead,
+                "virtual KV: map pages inline in the engine thread instead of in the background during each pass");
   cmd->add_option("--step-tokens", flags->step_tokens, "tokens per forward pass (decode tokens + prefill chunks)")
       ->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   cmd->add_option("--max-body", flags->max_body_mib, "largest request body in MiB")->capture_default_str()->check(CLI::Range(0.001, 1024.0));
