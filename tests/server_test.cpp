@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -30,12 +31,15 @@ struct HttpResult {
 // A `strata serve` process for one test.
 class ServerProcess {
  public:
-  explicit ServerProcess(const std::string& extra_flags = "", const std::string& sizes = "-c 512 --parallel 8 --kv-budget 8") {
+  explicit ServerProcess(const std::string& extra_flags = "", const std::string& sizes = "-c 512 --parallel 8 --kv-budget 8",
+                         const std::string& host = "127.0.0.1")
+      : host_(host) {
     dir_ = testing::TestDataDir("serve/run-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
     log_ = dir_ + "/server.log";
-    auto r = RunCommand(StrataBin() + " serve -m " + ServeModel() + " --port 0 -t 2 " + sizes + " " + extra_flags + " > " + log_ + " 2>&1 & echo $!");
+    auto r = RunCommand(StrataBin() + " serve -m " + ServeModel() + " --host " + host + " --port 0 -t 2 " + sizes + " " +
+                        extra_flags + " > " + log_ + " 2>&1 & echo $!");
     pid_ = std::atoi(r.output.c_str());
-    const std::string marker = "listening on http://127.0.0.1:";
+    const std::string marker = "listening on http://" + host + ":";
     for (int i = 0; i < 600 && port_ == 0; ++i) {
       const std::string text = log();
       const size_t at = text.find(marker);
@@ -66,14 +70,17 @@ class ServerProcess {
     std::ifstream in(log_);
     return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   }
-  std::string url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
+  std::string url(const std::string& path) const {
+    const std::string h = host_.find(':') != std::string::npos ? "[" + host_ + "]" : host_;
+    return "http://" + h + ":" + std::to_string(port_) + path;
+  }
   const std::string& dir() const { return dir_; }
 
   HttpResult Request(const std::string& method, const std::string& path, const std::string& body = "",
                      const std::string& headers = "") {
     const std::string file = dir_ + "/body-" + std::to_string(counter_++) + ".json";
     std::ofstream(file, std::ios::binary) << body;
-    std::string cmd = "curl -s -S --max-time 120 -o " + file + ".out -w '%{http_code}' -X " + method + " " + headers;
+    std::string cmd = "curl -s -S -g --max-time 120 -o " + file + ".out -w '%{http_code}' -X " + method + " " + headers;
     if (method == "POST") cmd += " -H 'Content-Type: application/json' --data-binary @" + file;
     auto r = RunCommand(cmd + " '" + url(path) + "'", false);
     std::ifstream in(file + ".out", std::ios::binary);
@@ -102,6 +109,7 @@ class ServerProcess {
 
  private:
   static inline int counter_ = 0;
+  std::string host_;
   std::string dir_, log_;
   int pid_ = -1;
   int port_ = 0;
@@ -294,6 +302,70 @@ TEST(ServerTest, ConcurrentStreamingClientsAndVanishingClients) {
                "--data-binary @stream.json '" + srv.url("/v1/completions") + "' & done; wait");
     EXPECT_TRUE(srv.KvBackToZero()) << kind;
     EXPECT_GE(srv.Metric("strata_requests_cancelled_total"), 1) << kind;
+  }
+}
+
+TEST(ServerTest, VanishingNonStreamingClientsAreCancelled) {
+  // IPv6 too: the server finds a non-streaming client's socket by its
+  // addresses, and those come in either family.
+  for (const std::string host : {"127.0.0.1", "::1"}) {
+    ServerProcess srv("", "-c 4096 --parallel 8 --kv-budget 48", host);
+    if (!srv.ok() && host == "::1") {
+      std::cerr << "no IPv6 loopback here; skipping the ::1 round\n" << srv.log();
+      continue;
+    }
+    ASSERT_TRUE(srv.ok()) << srv.log();
+    const double disconnects0 = srv.Metric("strata_client_disconnects_total");
+    const double cancelled0 = srv.Metric("strata_requests_cancelled_total");
+    const double tokens0 = srv.Metric("strata_generation_tokens_total");
+    ASSERT_EQ(disconnects0, 0) << host;
+
+    // Clients that give up on a long non-streaming completion (it cannot end
+    // early: ignore_eos) and close the connection without reading a byte.
+    const int n = 4;
+    const int64_t max_tokens = 4000;
+    std::ofstream(srv.dir() + "/long.json") << json{{"prompt", "Once upon a time"}, {"max_tokens", max_tokens}, {"ignore_eos", true}}.dump();
+    std::ofstream(srv.dir() + "/long_chat.json")
+        << json{{"messages", {{{"role", "user"}, {"content", "Tell me a long story."}}}}, {"max_tokens", max_tokens}, {"ignore_eos", true}}.dump();
+    std::string cmd = "cd " + srv.dir() + " && for i in $(seq 1 " + std::to_string(n) + "); do "
+                      "if [ $((i % 2)) = 0 ]; then f=long.json; p=/v1/completions; else f=long_chat.json; p=/v1/chat/completions; fi; "
+                      "curl -s -g --max-time 1 -o /dev/null -H 'Content-Type: application/json' --data-binary @$f '" +
+                      srv.url("") + "'$p & done; wait";
+    RunCommand(cmd);
+
+    // Each is noticed and cancelled: the counters move by exactly n, and the
+    // engine stops long before n * max_tokens tokens could have been made.
+    double disconnects = 0;
+    for (int i = 0; i < 300 && (disconnects = srv.Metric("strata_client_disconnects_total")) < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_EQ(disconnects, n) << host << "\n" << srv.log();
+    EXPECT_TRUE(srv.KvBackToZero()) << host;
+    EXPECT_EQ(srv.Metric("strata_requests_cancelled_total") - cancelled0, n) << host;
+    const double generated = srv.Metric("strata_generation_tokens_total") - tokens0;
+    EXPECT_LT(generated, n * max_tokens / 2) << host;
+    // A request that was only forgotten, not cancelled, would still be
+    // generating here.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_EQ(srv.Metric("strata_generation_tokens_total") - tokens0, generated) << host;
+
+    // A client that stays is answered in full, though its request outlives
+    // the server's first checks on the connection.
+    const auto t0 = std::chrono::steady_clock::now();
+    auto ok = srv.Post("/v1/completions", {{"prompt", "Once upon a time"}, {"max_tokens", 400}, {"ignore_eos", true}, {"temperature", 0}});
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_EQ(ok.status, 200) << host << ": " << ok.body;
+    json j = json::parse(ok.body);
+    EXPECT_EQ(j["choices"][0]["finish_reason"], "length") << host;
+    EXPECT_EQ(j["usage"]["completion_tokens"], 400) << host;
+    auto chat = srv.Post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hello!"}}}}, {"max_tokens", 5}, {"ignore_eos", true}});
+    ASSERT_EQ(chat.status, 200) << host << ": " << chat.body;
+    EXPECT_EQ(json::parse(chat.body)["usage"]["completion_tokens"], 5) << host;
+    EXPECT_EQ(srv.Metric("strata_client_disconnects_total"), n) << host;
+    EXPECT_EQ(srv.Metric("strata_requests_cancelled_total") - cancelled0, n) << host;
+    EXPECT_TRUE(srv.KvBackToZero()) << host;
+    std::cerr << host << ": " << generated << " tokens generated for " << n << " vanished clients; a 400-token request took "
+              << seconds << " s\n";
   }
 }
 

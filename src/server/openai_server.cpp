@@ -11,6 +11,7 @@
 
 #include "model/gguf.h"
 #include "server/cache_api.h"
+#include "server/peer_watch.h"
 
 namespace strata {
 
@@ -18,6 +19,13 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+// How often a non-streaming request checks that its client is still there:
+// rare enough to cost nothing, soon enough that a vanished client's request
+// stops within a few decode steps.
+constexpr std::chrono::milliseconds kPeerPollInterval{200};
+// nginx's status for a request whose client went away before the answer.
+constexpr int kClientClosedRequest = 499;
 
 // Never throws on invalid UTF-8 (model output may contain U+FFFD-worthy bytes).
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -241,9 +249,9 @@ std::string OpenAiServer::MetricsText() const {
   counter("strata_kv_page_maps_total", "Pages mapped by the virtual KV memory.", static_cast<double>(c.kv.page_maps));
   counter("strata_kv_map_seconds_total", "Time spent mapping KV pages.", c.kv.map_seconds);
   counter("strata_http_responses_2xx_total", "HTTP responses with a 2xx status.", static_cast<double>(http_ok_.load()));
-  counter("strata_http_responses_4xx_total", "HTTP responses with a 4xx status.", static_cast<double>(http_client_errors_.load()));
+  counter("strata_http_responses_4xx_total", "HTTP responses with a 4xx status (499: the client went away first).", static_cast<double>(http_client_errors_.load()));
   counter("strata_http_responses_5xx_total", "HTTP responses with a 5xx status.", static_cast<double>(http_server_errors_.load()));
-  counter("strata_client_disconnects_total", "Streams whose client went away before the end.", static_cast<double>(disconnects_.load()));
+  counter("strata_client_disconnects_total", "Generation requests (streaming or not) whose client went away before the end; each is cancelled.", static_cast<double>(disconnects_.load()));
   ttft_.Write(&out, "strata_time_to_first_token_seconds", "Submission to first generated token.");
   tpot_.Write(&out, "strata_time_per_output_token_seconds", "Mean time between output tokens of a request.");
   e2e_.Write(&out, "strata_request_duration_seconds", "Submission to the last token.");
@@ -535,13 +543,44 @@ void OpenAiServer::Routes() {
     };
 
     if (!p.stream) {
+      // Nothing is written until the end, so no failed write would reveal a
+      // client that went away; look at its socket now and then instead, so a
+      // vanished client does not keep the engine and its KV busy. The socket
+      // is looked up only once the request outlives the first wait, which
+      // spares short requests the scan.
       std::string text;
       RequestOutput last;
+      bool client_gone = false;
       {
+        std::optional<PeerWatch> peer;
+        bool looked_up = false;
         std::unique_lock<std::mutex> lock(stream->mu);
-        stream->cv.wait(lock, [&] { return stream->finished; });
-        for (const RequestOutput& e : stream->events) text += e.text;
-        last = stream->events.back();
+        while (!stream->cv.wait_for(lock, kPeerPollInterval, [&] { return stream->finished; })) {
+          lock.unlock();
+          if (!looked_up) {
+            peer = PeerWatch::Find(req.remote_addr, req.remote_port, req.local_addr, req.local_port);
+            looked_up = true;
+          }
+          const bool gone = peer && peer->PeerGone();
+          lock.lock();
+          // A request that finished meanwhile is answered as usual.
+          if (gone && !stream->finished) {
+            client_gone = true;
+            break;
+          }
+        }
+        if (!client_gone) {
+          for (const RequestOutput& e : stream->events) text += e.text;
+          last = stream->events.back();
+        }
+      }
+      if (client_gone) {
+        ++disconnects_;
+        sched_.Cancel(stream->id);
+        // cpp-httplib still writes a response, to nobody; nginx's "client
+        // closed request" status keeps it out of the 2xx count.
+        return SendError(res, ApiError{kClientClosedRequest, "the client closed the connection before the completion finished",
+                                       "", "client_closed_request"});
       }
       if (!last.error.ok()) {
         return SendError(res, ApiError{last.error.code() == StatusCode::kResourceExhausted ? 503 : 500, last.error.message(), "", "",

@@ -8,8 +8,10 @@
 //        store's control API; server/cache_api.h)
 //
 // Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}
-// with a 4xx status for anything the client got wrong. A streaming client
-// that goes away cancels its request (its KV is freed at the next step).
+// with a 4xx status for anything the client got wrong. A client that goes
+// away cancels its request (its KV is freed at the next step): a streaming
+// one is noticed by a failed write, a non-streaming one by watching its
+// socket (server/peer_watch.h), and its request is logged as status 499.
 //
 // Thread-safety: handlers run on the HTTP thread pool; the Scheduler owns the
 // engine thread. Start/Stop from one controlling thread.
