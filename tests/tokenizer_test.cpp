@@ -417,6 +417,26 @@ TEST(TokenizerStream, DropsBosAndSentencePiecePrefix) {
   EXPECT_EQ(out, "hello world");
 }
 
+TEST(TokenizerStream, ContinuationKeepsTheLeadingSpace) {
+  auto tok = Make(SmallSpmVocab());
+  ASSERT_TRUE(tok);
+  // "hello" as a prompt, then " world" generated: the space is part of the
+  // continuation, as Decode of the whole sequence shows.
+  const Ids prompt = EncodeOrDie(*tok, "hello", {.add_bos = true});
+  const Ids whole = EncodeOrDie(*tok, "hello world", {.add_bos = true});
+  ASSERT_EQ(Ids(whole.begin(), whole.begin() + static_cast<std::ptrdiff_t>(prompt.size())), prompt);
+  ASSERT_TRUE(StreamDecoder::Continues(*tok, prompt));
+  StreamDecoder dec(*tok, StreamDecoder::Continues(*tok, prompt));
+  std::string out;
+  for (size_t i = prompt.size(); i < whole.size(); ++i) out += dec.Push(whole[i]);
+  out += dec.Flush();
+  EXPECT_EQ(tok->Decode(prompt) + out, tok->Decode(whole));
+  EXPECT_EQ(out, " world");
+  // A prompt of just BOS starts the text: the SentencePiece prefix goes.
+  const Ids bos_only(whole.begin(), whole.begin() + 1);
+  EXPECT_FALSE(StreamDecoder::Continues(*tok, bos_only));
+}
+
 // ---------------------------------------------------------------------------
 // Reference parity
 

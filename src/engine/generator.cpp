@@ -92,7 +92,7 @@ Expected<GenerateResult> Generator::Generate(std::span<const TokenId> prompt, co
 
   const Tokenizer& tok = model_.tokenizer();
   Sampler sampler(options.sampling);
-  StreamDecoder decoder(tok);
+  StreamDecoder decoder(tok, StreamDecoder::Continues(tok, prompt));
   std::vector<TokenId> history(prompt.begin(), prompt.end());
   std::string pending;  // decoded text not yet shown (could start a stop string)
   bool cancelled = false;

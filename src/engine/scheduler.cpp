@@ -8,7 +8,8 @@ namespace strata {
 using Clock = std::chrono::steady_clock;
 
 struct Scheduler::Sequence {
-  Sequence(const Tokenizer& tok, const SamplingParams& sp) : sampler(sp), decoder(tok) {}
+  Sequence(const Tokenizer& tok, const SamplingParams& sp, bool continues_text)
+      : sampler(sp), decoder(tok, continues_text) {}
   uint64_t id = 0;
   std::vector<TokenId> tokens;  // prompt, then every sampled token
   int64_t n_prompt = 0;
@@ -79,7 +80,8 @@ Expected<uint64_t> Scheduler::Submit(std::vector<TokenId> prompt, const RequestO
   for (TokenId t : prompt) {
     if (t < 0 || t >= vocab) return Status::InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary");
   }
-  auto s = std::make_unique<Sequence>(model_.tokenizer(), options.sampling);
+  auto s = std::make_unique<Sequence>(model_.tokenizer(), options.sampling,
+                                      StreamDecoder::Continues(model_.tokenizer(), prompt));
   s->n_prompt = static_cast<int64_t>(prompt.size());
   s->tokens = std::move(prompt);
   s->options = options;

@@ -343,6 +343,10 @@ namespace {
 constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 }  // namespace
 
+bool StreamDecoder::Continues(const Tokenizer& tok, std::span<const TokenId> prompt) {
+  return std::any_of(prompt.begin(), prompt.end(), [&](TokenId t) { return t != tok.bos(); });
+}
+
 std::string StreamDecoder::Push(TokenId id) {
   std::string bytes = tok_.TokenBytes(id);
   if (first_) {

@@ -93,10 +93,16 @@ class Tokenizer {
 
 // Turns a token stream into text without ever emitting half a UTF-8
 // character: bytes of an incomplete character wait for the next token.
-// Applies the same leading-BOS and leading-space rules as Decode.
+// Applies the same leading-BOS and leading-space rules as Decode when the
+// stream starts the text; a stream that continues text (generation after a
+// prompt) keeps every token's leading space, or "time, Elizabeth" + " was"
+// would show as "Elizabethwas".
 class StreamDecoder {
  public:
-  explicit StreamDecoder(const Tokenizer& tok) : tok_(tok) {}
+  explicit StreamDecoder(const Tokenizer& tok, bool continues_text = false) : tok_(tok), first_(!continues_text) {}
+  // Whether generation after `prompt` continues text (the prompt holds more
+  // than a BOS).
+  static bool Continues(const Tokenizer& tok, std::span<const TokenId> prompt);
   // Text that became complete with this token (possibly empty). Bytes that
   // can never become valid UTF-8 come out as U+FFFD right away.
   std::string Push(TokenId id);
@@ -106,7 +112,7 @@ class StreamDecoder {
  private:
   const Tokenizer& tok_;
   std::string pending_;
-  bool first_ = true;
+  bool first_;
 };
 
 // Checks UTF-8 validity (no overlongs, surrogates or code points past
