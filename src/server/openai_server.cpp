@@ -247,7 +247,12 @@ std::string OpenAiServer::MetricsText() const {
           c.kv.prefix_query_tokens ? static_cast<double>(c.kv.prefix_hit_tokens) / static_cast<double>(c.kv.prefix_query_tokens) : 0.0, "gauge");
   counter("strata_kv_evictions_total", "Cached blocks or idle slots reclaimed under memory pressure.", static_cast<double>(c.kv.evictions));
   counter("strata_kv_page_maps_total", "Pages mapped by the virtual KV memory.", static_cast<double>(c.kv.page_maps));
-  counter("strata_kv_map_seconds_total", "Time spent mapping KV pages.", c.kv.map_seconds);
+  counter("strata_kv_ahead_page_maps_total", "Pages the virtual KV memory's background mapper mapped during forward passes.",
+          static_cast<double>(c.kv.ahead_page_maps));
+  counter("strata_kv_map_seconds_total", "Time spent mapping KV pages, on any thread.", c.kv.map_seconds);
+  counter("strata_kv_map_wait_seconds_total",
+          "Time the engine thread spent reserving KV memory (mapping what was not ready, or waiting for the mapper).",
+          c.kv.map_wait_seconds);
   counter("strata_http_responses_2xx_total", "HTTP responses with a 2xx status.", static_cast<double>(http_ok_.load()));
   counter("strata_http_responses_4xx_total", "HTTP responses with a 4xx status (499: the client went away first).", static_cast<double>(http_client_errors_.load()));
   counter("strata_http_responses_5xx_total", "HTTP responses with a 5xx status.", static_cast<double>(http_server_errors_.load()));
