@@ -34,6 +34,7 @@ def one_request(url, model, prompt, max_tokens, api_key):
         raise RuntimeError("HTTP %d: %s" % (resp.status, resp.read()[:200]))
     first = None
     tokens = 0
+    chunks = 0
     cached = 0
     buf = b""
     while True:
@@ -49,6 +50,8 @@ def one_request(url, model, prompt, max_tokens, api_key):
             if data == b"[DONE]":
                 break
             j = json.loads(data)
+            if j["choices"] and j["choices"][0].get("text"):
+                chunks += 1
             if j.get("usage"):
                 tokens = j["usage"]["completion_tokens"]
                 cached = j["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
@@ -56,6 +59,8 @@ def one_request(url, model, prompt, max_tokens, api_key):
                 first = time.perf_counter()
     end = time.perf_counter()
     conn.close()
+    if tokens == 0:
+        tokens = chunks  # a server that sends no usage: one token per text chunk
     ttft = (first or end) - t0
     tpot = (end - (first or end)) / max(tokens - 1, 1)
     return ttft, tpot, tokens, cached, end - t0
@@ -119,13 +124,18 @@ def main():
     rng = random.Random(1)
     words = "the of and a to in is was that for on with as by at from his her it an were are which this be or".split()
     prefix = " ".join(rng.choice(words) for _ in range(args.shared_prefix_words))
-    prompts = [(prefix + " " + " ".join(rng.choice(words) for _ in range(args.prompt_words))).strip()
-               for _ in range(max(args.requests, 1))]
+
+    def prompts_for(level):
+        # New prompts for every level: a server that caches prompts per slot
+        # (llama-server) must not be served the previous level's prompts.
+        r = random.Random(1000 + level)
+        return [(prefix + " " + " ".join(r.choice(words) for _ in range(args.prompt_words))).strip()
+                for _ in range(max(args.requests, 1))]
     rows = []
     print("| label | clients | requests | errors | out tok/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | TPOT p99 ms | cached prompt tok |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for conc in [int(c) for c in args.concurrency.split(",")]:
-        r = run_level(args, conc, prompts)
+        r = run_level(args, conc, prompts_for(conc))
         r["label"] = args.label
         rows.append(r)
         if r["first_error"]:
