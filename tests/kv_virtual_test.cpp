@@ -215,6 +215,40 @@ TEST(KvVirtualTest, MappingAheadNeverDisturbsLiveKv) {
   EXPECT_EQ(c.committed_bytes(), 0u);
 }
 
+long MeminfoValue(const std::string& key) {
+  std::ifstream f("/proc/meminfo");
+  std::string k;
+  long v = 0;
+  while (f >> k >> v) {
+    if (k == key + ":") return v;
+    f.ignore(256, '\n');
+  }
+  return -1;
+}
+
+// Reserves `pages` 2 MiB pages for the test when there are fewer free and it
+// may (root, a writable /proc/sys/vm/nr_hugepages), and puts the old value
+// back afterwards, so the huge-page path runs wherever CI runs as root.
+class HugePageReservation {
+ public:
+  explicit HugePageReservation(long pages) {
+    if (MeminfoValue("HugePages_Free") >= pages) return;
+    std::ifstream in(kPath);
+    if (!(in >> old_)) return;
+    std::ofstream out(kPath);
+    if (!(out << old_ + pages << std::flush)) return;
+    changed_ = true;
+  }
+  ~HugePageReservation() {
+    if (changed_) std::ofstream(kPath) << old_ << std::flush;
+  }
+
+ private:
+  static constexpr const char* kPath = "/proc/sys/vm/nr_hugepages";
+  long old_ = 0;
+  bool changed_ = false;
+};
+
 // 2 MiB pages need pages reserved by the OS (vm.nr_hugepages); without them
 // the pool gives a clear error. With them, KV lives in huge pages.
 TEST(KvVirtualTest, HugePagesWorkOrGiveAClearError) {
@@ -225,17 +259,9 @@ TEST(KvVirtualTest, HugePagesWorkOrGiveAClearError) {
   o.max_positions = 2048;
   o.budget_bytes = size_t{8} << 21;  // 8 huge pages
   o.huge_pages = true;
+  const HugePageReservation reservation(8);
+  const long free_huge = MeminfoValue("HugePages_Free");
   auto kv = VirtualKvCache::Create(o);
-  long free_huge = 0;
-  {
-    std::ifstream f("/proc/meminfo");
-    std::string key;
-    long v = 0;
-    while (f >> key >> v) {
-      if (key == "HugePages_Free:") free_huge = v;
-      f.ignore(256, '\n');
-    }
-  }
   if (!kv.ok()) {
     EXPECT_TRUE(kv.status().code() == StatusCode::kResourceExhausted || kv.status().code() == StatusCode::kIoError);
     EXPECT_NE(kv.status().message().find("huge"), std::string::npos) << kv.status().ToString();
