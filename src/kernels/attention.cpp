@@ -1,5 +1,7 @@
 #include "kernels/attention.h"
 
+#include "kernels/attention_paged.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cassert>
@@ -29,6 +31,10 @@
 //    both products are register-blocked broadcast-FMA kernels.
 //  * When (kv heads x query tiles) is too few to keep every thread busy, the
 //    key range is split and the partial (m, l, O) states are merged after.
+//  * One kernel serves contiguous KV (AttentionCausal) and paged KV
+//    (AttentionCausalPaged): it is a template over how a position's K/V row
+//    is found, so both do the same arithmetic in the same order and their
+//    outputs are bit-identical.
 
 namespace strata {
 namespace {
@@ -92,11 +98,20 @@ struct Item {
   float* partial;   // null: write normalized rows to out; else [rows][hd + 2] (m, l, O)
 };
 
-struct Problem {
-  const float* q;
+// K/V rows of one layer stored one after another.
+struct ContiguousKv {
   const fp16_t* k;
   const fp16_t* v;
-  int64_t kv_stride;
+  int64_t row_stride;
+  const fp16_t* KRow(int64_t pos) const { return k + pos * row_stride; }
+  const fp16_t* VRow(int64_t pos) const { return v + pos * row_stride; }
+};
+
+// Kv: ContiguousKv or PagedKvView (rows found through a block table).
+template <class Kv>
+struct Problem {
+  const float* q;
+  Kv kv;
   int64_t q_pos0;
   int n_q_heads;
   int group;
@@ -106,7 +121,8 @@ struct Problem {
 };
 
 // Writes a finished row: normalized to out, or (m, l, O) to the split buffer.
-inline void EmitRow(const Problem& p, const Item& it, int r, const float* o_row, float m, float l) {
+template <class Kv>
+inline void EmitRow(const Problem<Kv>& p, const Item& it, int r, const float* o_row, float m, float l) {
   const int64_t t = it.t0 + r / p.group;
   const int h = it.g * p.group + r % p.group;
   if (it.partial != nullptr) {
@@ -123,7 +139,8 @@ inline void EmitRow(const Problem& p, const Item& it, int r, const float* o_row,
 }
 
 // Scalar reference-shaped path: any head_dim, no SIMD. Row by row, key by key.
-void ProcessItemScalar(const Problem& p, const Item& it) {
+template <class Kv>
+void ProcessItemScalar(const Problem<Kv>& p, const Item& it) {
   Scratch& sc = tls_scratch;
   const int rows = static_cast<int>(it.t1 - it.t0) * p.group;
   float* qrow = sc.q.Get(static_cast<size_t>(p.hd));
@@ -137,8 +154,8 @@ void ProcessItemScalar(const Problem& p, const Item& it) {
     float m = kNoMax, l = 0.0f;
     const int64_t ke = std::min(it.ke, p.q_pos0 + t + 1);
     for (int64_t j = it.kb; j < ke; ++j) {
-      const fp16_t* kr = p.k + j * p.kv_stride + static_cast<int64_t>(it.g) * p.hd;
-      const fp16_t* vr = p.v + j * p.kv_stride + static_cast<int64_t>(it.g) * p.hd;
+      const fp16_t* kr = p.kv.KRow(j) + static_cast<int64_t>(it.g) * p.hd;
+      const fp16_t* vr = p.kv.VRow(j) + static_cast<int64_t>(it.g) * p.hd;
       float s = 0.0f;
       for (int d = 0; d < p.hd; ++d) s += qrow[d] * Fp16ToFp32(kr[d]);
       if (s > m) {
@@ -316,10 +333,29 @@ void PvRows(const float* p, int64_t p_rs, int64_t p_js, int rows, int n, const T
   }
 }
 
+// The dot path's P x V over one key tile [k0, k0 + n), V read as fp16.
+inline void PvTile(const Problem<ContiguousKv>& p, int64_t k0, int64_t koff, const float* s, int rows, int n,
+                   const float* alpha, float* o) {
+  PvRows(s, kKeyTile, 1, rows, n, p.kv.VRow(k0) + koff, p.kv.row_stride, alpha, o, p.hd);
+}
+// Paged: the tile's rows may span blocks, so one PvRows per run of rows
+// inside a block. Runs after the first rescale O by exactly 1.0, so the FMA
+// chain per output element is the contiguous one.
+inline void PvTile(const Problem<PagedKvView>& p, int64_t k0, int64_t koff, const float* s, int rows, int n,
+                   const float* alpha, float* o) {
+  static constexpr float kOnes[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+  for (int j = 0; j < n;) {
+    const int64_t pos = k0 + j;
+    const int run = static_cast<int>(std::min<int64_t>(n - j, p.kv.block_size - pos % p.kv.block_size));
+    PvRows(s + j, kKeyTile, 1, rows, run, p.kv.VRow(pos) + koff, p.kv.row_stride, j == 0 ? alpha : kOnes, o, p.hd);
+    j += run;
+  }
+}
+
 // Few rows: scores by dot products against fp16 K in registers, a
 // row-major score tile [rg][kKeyTile], V read from fp16 directly.
-template <int RG>
-void ProcessItemDot(const Problem& p, const Item& it) {
+template <int RG, class Kv>
+void ProcessItemDot(const Problem<Kv>& p, const Item& it) {
   Scratch& sc = tls_scratch;
   const int hd = p.hd;
   const int rows = static_cast<int>(it.t1 - it.t0) * p.group;
@@ -353,7 +389,7 @@ void ProcessItemDot(const Problem& p, const Item& it) {
     for (int j = 0; j < n; j += KB) {
       const fp16_t* krows[KB];
       // Past the tile's end, reread its last key: the score is never used.
-      for (int b = 0; b < KB; ++b) krows[b] = p.k + (k0 + std::min(j + b, n - 1)) * p.kv_stride + koff;
+      for (int b = 0; b < KB; ++b) krows[b] = p.kv.KRow(k0 + std::min(j + b, n - 1)) + koff;
       DotScores<RG>(q, hd, krows, s + j, kKeyTile);
     }
     const int n8 = (n + 7) & ~7;
@@ -377,14 +413,15 @@ void ProcessItemDot(const Problem& p, const Item& it) {
       l[r] = l[r] * alpha[r] + simd::HorizontalSum(vsum);
       m[r] = m_new;
     }
-    PvRows(s, kKeyTile, 1, rows, n, p.v + k0 * p.kv_stride + koff, p.kv_stride, alpha, o, hd);
+    PvTile(p, k0, koff, s, rows, n, alpha, o);
   }
   for (int r = 0; r < rows; ++r) EmitRow(p, it, r, o + r * hd, m[r], l[r]);
 }
 
 // Many rows: fp32 K/V tiles, transposed Q [hd][lanes], transposed scores
 // [key][lanes] so the online softmax runs down columns, 8 rows per vector.
-void ProcessItemBlocked(const Problem& p, const Item& it) {
+template <class Kv>
+void ProcessItemBlocked(const Problem<Kv>& p, const Item& it) {
   Scratch& sc = tls_scratch;
   const int hd = p.hd;
   const int rows = static_cast<int>(it.t1 - it.t0) * p.group;
@@ -416,8 +453,8 @@ void ProcessItemBlocked(const Problem& p, const Item& it) {
   for (int64_t k0 = it.kb; k0 < it.ke; k0 += kKeyTile) {
     const int n = static_cast<int>(std::min<int64_t>(kKeyTile, it.ke - k0));
     for (int j = 0; j < n; ++j) {
-      const fp16_t* kr = p.k + (k0 + j) * p.kv_stride + koff;
-      const fp16_t* vr = p.v + (k0 + j) * p.kv_stride + koff;
+      const fp16_t* kr = p.kv.KRow(k0 + j) + koff;
+      const fp16_t* vr = p.kv.VRow(k0 + j) + koff;
       for (int d = 0; d < hd; d += 8) {
         _mm256_store_ps(kt + j * hd + d, LoadHalf8(kr + d));
         _mm256_store_ps(vt + j * hd + d, LoadHalf8(vr + d));
@@ -467,7 +504,8 @@ void ProcessItemBlocked(const Problem& p, const Item& it) {
 
 #endif  // STRATA_ATTN_AVX2
 
-void ProcessItem(const Problem& p, const Item& it) {
+template <class Kv>
+void ProcessItem(const Problem<Kv>& p, const Item& it) {
 #ifdef STRATA_ATTN_AVX2
   if (p.hd % 8 == 0) {
     const int rows = static_cast<int>(it.t1 - it.t0) * p.group;
@@ -481,17 +519,11 @@ void ProcessItem(const Problem& p, const Item& it) {
   ProcessItemScalar(p, it);
 }
 
-}  // namespace
-
-void AttentionCausal(const float* q, int64_t n_tokens, int64_t q_pos0, const fp16_t* k,
-                     const fp16_t* v, int64_t kv_stride, const AttentionShape& shape, float scale,
-                     float* out, ThreadPool& pool) {
-  if (n_tokens <= 0) return;
-  assert(shape.n_kv_heads > 0 && shape.n_q_heads % shape.n_kv_heads == 0);
-  Problem p{q, k, v, kv_stride, q_pos0, shape.n_q_heads, shape.n_q_heads / shape.n_kv_heads,
-            shape.head_dim, scale, out};
-  const int n_kv = shape.n_kv_heads;
-  const int hd = shape.head_dim;
+template <class Kv>
+void RunAttention(const Problem<Kv>& p, int64_t n_tokens, int n_kv, ThreadPool& pool) {
+  const int hd = p.hd;
+  const int64_t q_pos0 = p.q_pos0;
+  float* out = p.out;
 
   // Query tile: all tokens if they fit the dot path, else ~kTargetRows rows.
   int64_t tile_tokens = n_tokens;
@@ -575,6 +607,28 @@ void AttentionCausal(const float* q, int64_t n_tokens, int64_t q_pos0, const fp1
       }
     }
   }
+}
+
+}  // namespace
+
+void AttentionCausal(const float* q, int64_t n_tokens, int64_t q_pos0, const fp16_t* k,
+                     const fp16_t* v, int64_t kv_stride, const AttentionShape& shape, float scale,
+                     float* out, ThreadPool& pool) {
+  if (n_tokens <= 0) return;
+  assert(shape.n_kv_heads > 0 && shape.n_q_heads % shape.n_kv_heads == 0);
+  const Problem<ContiguousKv> p{q, ContiguousKv{k, v, kv_stride}, q_pos0, shape.n_q_heads,
+                                shape.n_q_heads / shape.n_kv_heads, shape.head_dim, scale, out};
+  RunAttention(p, n_tokens, shape.n_kv_heads, pool);
+}
+
+void AttentionCausalPaged(const float* q, int64_t n_tokens, int64_t q_pos0, const PagedKvView& kv,
+                          const AttentionShape& shape, float scale, float* out, ThreadPool& pool) {
+  if (n_tokens <= 0) return;
+  assert(shape.n_kv_heads > 0 && shape.n_q_heads % shape.n_kv_heads == 0);
+  assert(kv.block_size > 0 && kv.block_table != nullptr);
+  const Problem<PagedKvView> p{q, kv, q_pos0, shape.n_q_heads, shape.n_q_heads / shape.n_kv_heads,
+                               shape.head_dim, scale, out};
+  RunAttention(p, n_tokens, shape.n_kv_heads, pool);
 }
 
 }  // namespace strata

@@ -1,7 +1,8 @@
 // Causal grouped-query attention over paged KV: keys live in fixed-size
-// blocks reached through a block table. The math, tile order and work split
-// are those of AttentionCausal (attention.h), so for the same pool the
-// outputs are bit-identical to the contiguous kernel over the same K/V.
+// blocks reached through a block table. It is AttentionCausal's kernel
+// (attention.cpp, one template over how a K/V row is found), so for the same
+// pool the outputs are bit-identical to the contiguous kernel over the same
+// K/V.
 #pragma once
 
 #include <cstdint>
