@@ -18,12 +18,42 @@ size_t CeilDiv(size_t n, size_t a) { return (n + a - 1) / a; }
 double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 }  // namespace
 
+// The engine thread's hold on mu_. It announces itself first, so the mapper
+// steps aside after the page row it is mapping, and wakes the mapper again
+// when it lets go.
+class VirtualKvCache::EngineLock {
+ public:
+  explicit EngineLock(const VirtualKvCache& c) : c_(c) {
+    c_.engine_waiting_.fetch_add(1, std::memory_order_relaxed);
+    lock_ = std::unique_lock<std::mutex>(c_.mu_);
+    c_.engine_waiting_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  ~EngineLock() {
+    lock_.unlock();
+    c_.mapper_cv_.notify_one();
+  }
+  EngineLock(const EngineLock&) = delete;
+  EngineLock& operator=(const EngineLock&) = delete;
+
+ private:
+  const VirtualKvCache& c_;
+  std::unique_lock<std::mutex> lock_;
+};
+
 Expected<std::unique_ptr<VirtualKvCache>> VirtualKvCache::Create(const VirtualKvOptions& o) {
   if (o.n_layers <= 0 || o.kv_dim <= 0 || o.max_seqs <= 0 || o.max_positions <= 0) {
     return Status::InvalidArgument("KV cache dimensions must be positive");
   }
   std::unique_ptr<VirtualKvCache> c(new VirtualKvCache(o));
   c->page_ = o.huge_pages ? (size_t{2} << 20) : static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  // Bounds that keep every size below from overflowing: 2^20 rows of
+  // 2^20 halves is 2 TiB per plane, far past any real model.
+  if (o.kv_dim > (int64_t{1} << 20) || o.max_positions > (int64_t{1} << 26) || o.n_layers > 4096 ||
+      o.max_seqs > 65536) {
+    return Status::InvalidArgument("KV cache dimensions are out of range (kv_dim " + std::to_string(o.kv_dim) +
+                                   ", context " + std::to_string(o.max_positions) + ", layers " +
+                                   std::to_string(o.n_layers) + ", slots " + std::to_string(o.max_seqs) + ")");
+  }
   c->row_bytes_ = static_cast<size_t>(o.kv_dim) * sizeof(fp16_t);
   c->n_planes_ = 2 * o.n_layers;
   c->plane_bytes_ = RoundUp(static_cast<size_t>(o.max_positions) * c->row_bytes_, c->page_);
@@ -50,8 +80,10 @@ Expected<std::unique_ptr<VirtualKvCache>> VirtualKvCache::Create(const VirtualKv
   // One reservation for all slots, aligned to the page size: a huge page can
   // only be mapped at a 2 MiB-aligned address.
   const size_t slot_bytes = c->plane_bytes_ * static_cast<size_t>(c->n_planes_);
-  const size_t total = slot_bytes * static_cast<size_t>(o.max_seqs);
-  if (total / static_cast<size_t>(o.max_seqs) != slot_bytes || total > (size_t{1} << 46)) {
+  const bool too_big = slot_bytes / static_cast<size_t>(c->n_planes_) != c->plane_bytes_ ||
+                       slot_bytes > (size_t{1} << 46) / static_cast<size_t>(o.max_seqs);
+  const size_t total = too_big ? 0 : slot_bytes * static_cast<size_t>(o.max_seqs);
+  if (too_big) {
     return Status::ResourceExhausted("reserving " + std::to_string(o.max_seqs) + " KV slots of " +
                                      std::to_string(slot_bytes >> 20) + " MiB needs more address space than there is " +
                                      "(lower --parallel or -c)");
@@ -96,12 +128,12 @@ int64_t VirtualKvCache::BackedLocked(const Slot& s) const {
 }
 
 int64_t VirtualKvCache::free_pages() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  const EngineLock lock(*this);
   return static_cast<int64_t>(free_.size());
 }
 
 int VirtualKvCache::AcquireSlot() {
-  std::lock_guard<std::mutex> lock(mu_);
+  const EngineLock lock(*this);
   // Prefer the idle slot with the most pages still mapped: its sequence
   // starts without any mapping call.
   int best = -1;
@@ -162,7 +194,8 @@ void VirtualKvCache::UnmapTail(Slot& s, int64_t keep) {
     // shared mapping and keeps the address space ours.
     void* p = mmap(Plane(s, pl) + static_cast<size_t>(keep) * page_, static_cast<size_t>(s.mapped - keep) * page_, PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-    (void)p;
+    // Still mapped: handing the pages out again would share them.
+    if (p == MAP_FAILED) continue;
     for (int64_t i = keep; i < s.mapped; ++i) ReleasePage(s.pages[static_cast<size_t>(pl) * cap + static_cast<size_t>(i)]);
   }
   s.mapped = keep;
@@ -208,12 +241,19 @@ Status VirtualKvCache::MapPages(Slot& s, int64_t want, bool best_effort, bool ah
                      static_cast<off_t>(page) * static_cast<off_t>(page_));
       if (p == MAP_FAILED) {
         const int err = errno;
-        // Keep the planes consistent: drop this plane's partial progress.
+        // Keep the planes consistent: put back every plane's new pages. A
+        // failed MAP_FIXED may already have removed page i's reservation, so
+        // that page is reserved again too, or something else could be
+        // mapped into the hole. A page whose range cannot be reserved again
+        // stays mapped and is never handed out (lost to the pool, never
+        // shared).
         for (int q = 0; q <= pl; ++q) {
           const int64_t upto = q < pl ? want : i;
-          if (upto <= s.mapped) continue;
-          mmap(Plane(s, q) + static_cast<size_t>(s.mapped) * page_, static_cast<size_t>(upto - s.mapped) * page_, PROT_NONE,
-               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+          const int64_t reserve_to = q < pl ? want : i + 1;
+          void* r = mmap(Plane(s, q) + static_cast<size_t>(s.mapped) * page_,
+                         static_cast<size_t>(reserve_to - s.mapped) * page_, PROT_NONE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+          if (r == MAP_FAILED) continue;
           for (int64_t j = s.mapped; j < upto; ++j) ReleasePage(s.pages[static_cast<size_t>(q) * cap + static_cast<size_t>(j)]);
         }
         if (best_effort) return Status::Ok();
@@ -238,9 +278,12 @@ Status VirtualKvCache::Reserve(int seq, int64_t n_positions) {
     return Status::OutOfRange("sequence needs " + std::to_string(n_positions) + " positions but the context holds " +
                               std::to_string(o_.max_positions) + " (raise -c / --ctx-size)");
   }
-  const auto t0 = Clock::now();
-  std::lock_guard<std::mutex> lock(mu_);
   Slot& s = slots_[static_cast<size_t>(seq)];
+  // Already reserved (the forward pass's own Reserve after the scheduler's):
+  // no lock, so no wait for the mapper. Only this thread writes these.
+  if (s.active && n_positions <= s.positions) return Status::Ok();
+  const auto t0 = Clock::now();
+  const EngineLock lock(*this);
   s.active = true;
   Status st = MapPages(s, PagesFor(n_positions), false, false);
   if (st.ok() && !o_.map_ahead) {
@@ -256,43 +299,40 @@ Status VirtualKvCache::Reserve(int seq, int64_t n_positions) {
 void VirtualKvCache::PrepareAhead(int seq, int64_t n_positions) {
   if (!o_.map_ahead || seq < 0 || seq >= o_.max_seqs) return;
   const int64_t ahead = o_.lookahead < 0 ? granule_positions() : o_.lookahead;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ahead_.emplace_back(seq, std::min(o_.max_positions, n_positions + ahead));
-  }
-  mapper_cv_.notify_one();
+  const EngineLock lock(*this);  // wakes the mapper on release
+  ahead_.emplace_back(seq, std::min(o_.max_positions, n_positions + ahead));
 }
 
 void VirtualKvCache::WaitForMapper() {
   std::unique_lock<std::mutex> lock(mu_);
-  idle_cv_.wait(lock, [&] { return ahead_.empty() && !mapper_busy_; });
+  idle_cv_.wait(lock, [&] { return ahead_.empty(); });
 }
 
 void VirtualKvCache::MapperLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    mapper_cv_.wait(lock, [&] { return stop_ || !ahead_.empty(); });
+    // Holding mu_ only while the engine thread does not want it.
+    mapper_cv_.wait(lock, [&] {
+      return stop_ || (!ahead_.empty() && engine_waiting_.load(std::memory_order_relaxed) == 0);
+    });
     if (stop_) return;
     const auto [seq, positions] = ahead_.front();
-    ahead_.pop_front();
     Slot& s = slots_[static_cast<size_t>(seq)];
-    // A slot cleared since the hint was given keeps its pages for the next
-    // sequence anyway; nothing to prepare for it.
-    if (s.active) {
-      mapper_busy_ = true;
-      // Best effort, never reclaiming: a hint must not evict anything.
-      (void)MapPages(s, PagesFor(positions), true, true);
-      mapper_busy_ = false;
+    // One page row per turn, then look again whether the engine is waiting.
+    // Best effort, never reclaiming: a hint must not evict anything. A slot
+    // cleared since the hint keeps its pages for the next sequence anyway.
+    if (s.active && s.mapped < PagesFor(positions)) {
+      const int64_t before = s.mapped;
+      (void)MapPages(s, s.mapped + 1, true, true);
+      if (s.mapped > before) continue;  // the job stays in front until done
     }
+    ahead_.pop_front();
     if (ahead_.empty()) idle_cv_.notify_all();
-    // Lets a waiting engine thread in between two slots' mappings.
-    lock.unlock();
-    lock.lock();
   }
 }
 
 int64_t VirtualKvCache::BackedPositions(int seq) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  const EngineLock lock(*this);
   return BackedLocked(slots_[static_cast<size_t>(seq)]);
 }
 
@@ -308,7 +348,7 @@ KvLayerView VirtualKvCache::View(int seq, int layer) {
 
 void VirtualKvCache::Clear(int seq) {
   if (seq < 0 || seq >= o_.max_seqs) return;
-  std::lock_guard<std::mutex> lock(mu_);
+  const EngineLock lock(*this);
   Slot& s = slots_[static_cast<size_t>(seq)];
   s.active = false;
   s.positions = 0;
@@ -318,14 +358,14 @@ void VirtualKvCache::Clear(int seq) {
 }
 
 void VirtualKvCache::Trim() {
-  std::lock_guard<std::mutex> lock(mu_);
+  const EngineLock lock(*this);
   for (Slot& s : slots_) {
     if (!s.active) UnmapAll(s);
   }
 }
 
 int64_t VirtualKvCache::AvailablePositions() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  const EngineLock lock(*this);
   int64_t pages = static_cast<int64_t>(free_.size());
   for (const Slot& s : slots_) {
     if (!s.active) {
@@ -344,23 +384,25 @@ size_t VirtualKvCache::CommittedLocked() const { return (static_cast<size_t>(n_p
 size_t VirtualKvCache::UsedLocked() const {
   size_t pages = 0;
   for (const Slot& s : slots_) {
-    if (s.active) pages += static_cast<size_t>(s.mapped) * static_cast<size_t>(n_planes_);
+    // Pages mapped past the reservation (ahead, or kept from the slot's
+    // last sequence) count as cached, not used, until a Reserve covers them.
+    if (s.active) pages += static_cast<size_t>(std::min(s.mapped, PagesFor(s.positions))) * static_cast<size_t>(n_planes_);
   }
   return pages * page_;
 }
 
 size_t VirtualKvCache::committed_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  const EngineLock lock(*this);
   return CommittedLocked();
 }
 
 size_t VirtualKvCache::used_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  const EngineLock lock(*this);
   return UsedLocked();
 }
 
 KvMemoryStats VirtualKvCache::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  const EngineLock lock(*this);
   KvMemoryStats st = counters_;
   st.committed_bytes = CommittedLocked();
   st.used_bytes = UsedLocked();

@@ -24,10 +24,13 @@
 //
 // Thread-safety: the interface is the engine thread's (one thread), as for
 // every ManagedKvCache. Inside, mu_ guards the pool and the slots' page
-// lists against the mapper thread; View reads only what the engine thread
-// set at Reserve, so the forward pass never waits for the mapper.
+// lists against the mapper thread. View, and a Reserve of positions already
+// reserved (the forward pass's own), take no lock; any other engine call
+// waits at most for the one page row (a page in every plane) the mapper is
+// mapping, because the mapper steps aside whenever the engine wants mu_.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -112,6 +115,7 @@ class VirtualKvCache final : public ManagedKvCache {
   int64_t PagesFor(int64_t positions) const;
   int64_t BackedLocked(const Slot& s) const;
   void MapperLoop();
+  class EngineLock;  // the engine thread's hold on mu_ (see the .cpp)
   uint8_t* Plane(const Slot& s, int plane) const { return s.base + static_cast<size_t>(plane) * plane_bytes_; }
 
   VirtualKvOptions o_;
@@ -129,10 +133,10 @@ class VirtualKvCache final : public ManagedKvCache {
   KvMemoryStats counters_;
 
   mutable std::mutex mu_;
-  std::condition_variable mapper_cv_;   // work queued, or stopping
-  std::condition_variable idle_cv_;     // the mapper ran out of work
+  mutable std::condition_variable mapper_cv_;  // work queued, the engine let go of mu_, or stopping
+  std::condition_variable idle_cv_;            // the mapper ran out of work
+  mutable std::atomic<int> engine_waiting_{0};  // the engine thread wants mu_
   std::deque<std::pair<int, int64_t>> ahead_;  // (slot, target positions)
-  bool mapper_busy_ = false;
   bool stop_ = false;
   std::thread mapper_;
 };
