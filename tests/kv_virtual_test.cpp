@@ -118,7 +118,7 @@ TEST(KvVirtualTest, MapperMapsAheadSoReserveMapsNothing) {
   ASSERT_TRUE(c.Reserve(s, 7).ok());
   EXPECT_EQ(c.stats().page_maps, maps);  // nothing left to map on the engine thread
   EXPECT_EQ(c.View(s, 1).capacity, 8);
-  // A hint for a slot cleared before the mapper got to it maps nothing.
+  // A hint for a slot that holds no sequence maps nothing.
   const int t = c.AcquireSlot();
   ASSERT_TRUE(c.Reserve(t, 1).ok());
   c.Clear(t);
@@ -237,16 +237,19 @@ class HugePageReservation {
     if (!(in >> old_)) return;
     std::ofstream out(kPath);
     if (!(out << old_ + pages << std::flush)) return;
-    changed_ = true;
+    written_ = old_ + pages;
   }
   ~HugePageReservation() {
-    if (changed_) std::ofstream(kPath) << old_ << std::flush;
+    // Only if nobody changed it since: never undo someone else's setting.
+    long now = -1;
+    if (written_ < 0 || !(std::ifstream(kPath) >> now) || now != written_) return;
+    std::ofstream(kPath) << old_ << std::flush;
   }
 
  private:
   static constexpr const char* kPath = "/proc/sys/vm/nr_hugepages";
   long old_ = 0;
-  bool changed_ = false;
+  long written_ = -1;
 };
 
 // 2 MiB pages need pages reserved by the OS (vm.nr_hugepages); without them

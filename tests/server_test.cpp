@@ -327,11 +327,19 @@ TEST(ServerTest, VanishingNonStreamingClientsAreCancelled) {
     std::ofstream(srv.dir() + "/long.json") << json{{"prompt", "Once upon a time"}, {"max_tokens", max_tokens}, {"ignore_eos", true}}.dump();
     std::ofstream(srv.dir() + "/long_chat.json")
         << json{{"messages", {{{"role", "user"}, {"content", "Tell me a long story."}}}}, {"max_tokens", max_tokens}, {"ignore_eos", true}}.dump();
+    // The clients are killed only once all n requests are running, so none
+    // can have finished first however fast the machine is.
     std::string cmd = "cd " + srv.dir() + " && for i in $(seq 1 " + std::to_string(n) + "); do "
                       "if [ $((i % 2)) = 0 ]; then f=long.json; p=/v1/completions; else f=long_chat.json; p=/v1/chat/completions; fi; "
-                      "curl -s -g --max-time 1 -o /dev/null -H 'Content-Type: application/json' --data-binary @$f '" +
-                      srv.url("") + "'$p & done; wait";
+                      "curl -s -g -o /dev/null -H 'Content-Type: application/json' --data-binary @$f '" +
+                      srv.url("") + "'$p > /dev/null 2>&1 & echo $! >> curl.pids; done";
     RunCommand(cmd);
+    double running = 0;
+    for (int i = 0; i < 600 && (running = srv.Metric("strata_requests_running")) < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_EQ(running, n) << host << "\n" << srv.log();
+    RunCommand("cd " + srv.dir() + " && kill $(cat curl.pids); rm -f curl.pids");
 
     // Each is noticed and cancelled: the counters move by exactly n, and the
     // engine stops long before n * max_tokens tokens could have been made.
