@@ -215,6 +215,53 @@ TEST(KvVirtualTest, MappingAheadNeverDisturbsLiveKv) {
   EXPECT_EQ(c.committed_bytes(), 0u);
 }
 
+int MappingCount() {
+  std::ifstream f("/proc/self/maps");
+  std::string line;
+  int n = 0;
+  while (std::getline(f, line)) ++n;
+  return n;
+}
+
+// Sequences growing a position at a time map one page per plane at a time.
+// The whole budget must be usable: with pages handed out at scattered file
+// offsets each page was its own mapping, and a 1 GiB budget ran into
+// vm.max_map_count (65530 mappings) at a quarter full.
+TEST(KvVirtualTest, ALargeBudgetFillsWithoutRunningOutOfMappings) {
+  VirtualKvOptions o;
+  o.n_layers = 24;
+  o.kv_dim = 128;  // 256-byte rows: 16 positions per page, 48 planes
+  o.max_seqs = 16;
+  o.max_positions = 8192;
+  o.budget_bytes = size_t{384} << 20;  // 98304 pages, more than vm.max_map_count's default
+  o.map_ahead = false;
+  o.lookahead = 0;
+  auto kv = VirtualKvCache::Create(o);
+  ASSERT_TRUE(kv.ok()) << kv.status().ToString();
+  VirtualKvCache& c = **kv;
+  std::vector<int> slots;
+  for (int i = 0; i < o.max_seqs; ++i) slots.push_back(c.AcquireSlot());
+  const int before = MappingCount();
+  Status st;
+  int64_t pos = 1;
+  for (; pos <= o.max_positions && st.ok(); ++pos) {
+    for (int s : slots) {
+      st = c.Reserve(s, pos);
+      if (!st.ok()) break;
+    }
+  }
+  // It stops because the budget is spent, not because mapping failed.
+  EXPECT_EQ(st.code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(st.message().find("budget"), std::string::npos) << st.ToString();
+  EXPECT_GE(c.committed_bytes(), o.budget_bytes - size_t{16} * 48 * 4096);
+  // About two mappings per plane and slot (mapped pages, then the rest of
+  // the reservation), not one per page.
+  EXPECT_LT(MappingCount() - before, 4 * 48 * 16) << "after " << pos << " positions per sequence";
+  for (int s : slots) c.Clear(s);
+  c.Trim();
+  EXPECT_EQ(c.committed_bytes(), 0u);
+}
+
 long MeminfoValue(const std::string& key) {
   std::ifstream f("/proc/meminfo");
   std::string k;

@@ -70,12 +70,7 @@ Expected<std::unique_ptr<VirtualKvCache>> VirtualKvCache::Create(const VirtualKv
                            (o.huge_pages ? " (does this kernel support hugetlbfs?)" : ""));
   }
   const size_t pool = static_cast<size_t>(c->n_pages_) * c->page_;
-  if (ftruncate(c->fd_, static_cast<off_t>(pool)) != 0) {
-    return Status::ResourceExhausted("cannot size the KV page pool to " + std::to_string(pool >> 20) + " MiB: " +
-                                     std::strerror(errno) + (o.huge_pages ? " (are huge pages reserved?)" : ""));
-  }
-  c->free_.reserve(static_cast<size_t>(c->n_pages_));
-  for (int64_t i = c->n_pages_; i-- > 0;) c->free_.push_back(static_cast<int32_t>(i));
+  c->free_pages_ = c->n_pages_;
   c->slots_.resize(static_cast<size_t>(o.max_seqs));
   // One reservation for all slots, aligned to the page size: a huge page can
   // only be mapped at a 2 MiB-aligned address.
@@ -97,7 +92,18 @@ Expected<std::unique_ptr<VirtualKvCache>> VirtualKvCache::Create(const VirtualKv
                                      " (lower --parallel or -c)");
   }
   c->region_ = p;
+  // The memfd is as large as the reservation (sparse: memory only where a
+  // page is mapped and touched) and every page is mapped at its own offset,
+  // so a plane's consecutive pages have consecutive offsets and the kernel
+  // merges them into one mapping. Pages taken from a shared free list land at
+  // scattered offsets and cost one VMA each, which ran into vm.max_map_count
+  // (65530) at a quarter of a 1 GiB budget.
+  if (ftruncate(c->fd_, static_cast<off_t>(total)) != 0) {
+    return Status::ResourceExhausted("cannot size the KV memory file to " + std::to_string(total >> 20) + " MiB: " +
+                                     std::strerror(errno) + (o.huge_pages ? " (are huge pages reserved?)" : ""));
+  }
   uint8_t* base = reinterpret_cast<uint8_t*>(RoundUp(reinterpret_cast<uintptr_t>(p), c->page_));
+  c->base_ = base;
   for (size_t i = 0; i < c->slots_.size(); ++i) c->slots_[i].base = base + i * slot_bytes;
   c->counters_.budget_bytes = pool;
   if (o.map_ahead) c->mapper_ = std::thread([raw = c.get()] { raw->MapperLoop(); });
@@ -129,7 +135,7 @@ int64_t VirtualKvCache::BackedLocked(const Slot& s) const {
 
 int64_t VirtualKvCache::free_pages() const {
   const EngineLock lock(*this);
-  return static_cast<int64_t>(free_.size());
+  return free_pages_;
 }
 
 int VirtualKvCache::AcquireSlot() {
@@ -179,91 +185,67 @@ bool VirtualKvCache::ReclaimAhead(const Slot* except) {
   return any;
 }
 
-void VirtualKvCache::ReleasePage(int32_t page) {
-  // Punching the page out of the memfd returns its memory to the OS.
-  fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(page) * static_cast<off_t>(page_),
-            static_cast<off_t>(page_));
-  free_.push_back(page);
+bool VirtualKvCache::ReleaseRange(Slot& s, int plane, int64_t from, int64_t to) {
+  uint8_t* addr = Plane(s, plane) + static_cast<size_t>(from) * page_;
+  const size_t len = static_cast<size_t>(to - from) * page_;
+  // A fresh PROT_NONE reservation drops the shared mapping and keeps the
+  // address space ours. If it fails the pages stay mapped: keep counting them.
+  if (mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) {
+    return false;
+  }
+  // Punching the range out of the memfd returns its memory to the OS.
+  fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FileOffset(addr), static_cast<off_t>(len));
+  free_pages_ += to - from;
+  return true;
 }
 
 void VirtualKvCache::UnmapTail(Slot& s, int64_t keep) {
   if (s.mapped <= keep) return;
-  const size_t cap = s.pages.size() / static_cast<size_t>(n_planes_);
-  for (int pl = 0; pl < n_planes_; ++pl) {
-    // Replacing the range with a fresh PROT_NONE reservation drops the
-    // shared mapping and keeps the address space ours.
-    void* p = mmap(Plane(s, pl) + static_cast<size_t>(keep) * page_, static_cast<size_t>(s.mapped - keep) * page_, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-    // Still mapped: handing the pages out again would share them.
-    if (p == MAP_FAILED) continue;
-    for (int64_t i = keep; i < s.mapped; ++i) ReleasePage(s.pages[static_cast<size_t>(pl) * cap + static_cast<size_t>(i)]);
-  }
+  bool all = true;
+  for (int pl = 0; pl < n_planes_; ++pl) all = ReleaseRange(s, pl, keep, s.mapped) && all;
+  // A plane whose range could not be released still holds its pages (and is
+  // counted); the slot forgets them either way, and a later MapPages maps
+  // over them, which drops the old mapping.
+  (void)all;
   s.mapped = keep;
-  if (keep == 0) s.pages.clear();
 }
 
 Status VirtualKvCache::MapPages(Slot& s, int64_t want, bool best_effort, bool ahead) {
   if (want <= s.mapped) return Status::Ok();
   const auto t0 = Clock::now();
   int64_t add = want - s.mapped;
-  while (static_cast<int64_t>(free_.size()) < add * n_planes_) {
+  while (free_pages_ < add * n_planes_) {
     if (best_effort || !(ReclaimIdle(&s) || ReclaimAhead(&s))) break;
   }
   if (best_effort) {
     // As far as the free pages go.
-    add = std::min(add, static_cast<int64_t>(free_.size()) / n_planes_);
+    add = std::min(add, free_pages_ / n_planes_);
     if (add == 0) return Status::Ok();
     want = s.mapped + add;
   }
-  if (static_cast<int64_t>(free_.size()) < add * n_planes_) {
+  if (free_pages_ < add * n_planes_) {
     return Status::ResourceExhausted("the KV budget (" + std::to_string((static_cast<size_t>(n_pages_) * page_) >> 20) +
                                      " MiB of pages) is used up");
   }
-  // pages is plane-major with a per-plane capacity; regrow it to `want`.
-  const size_t old_cap = s.pages.size() / static_cast<size_t>(n_planes_);
-  if (static_cast<size_t>(want) > old_cap) {
-    const size_t cap = std::max(static_cast<size_t>(want), old_cap * 2);
-    std::vector<int32_t> grown(cap * static_cast<size_t>(n_planes_), -1);
-    for (int pl = 0; pl < n_planes_; ++pl) {
-      std::copy_n(s.pages.begin() + static_cast<ptrdiff_t>(static_cast<size_t>(pl) * old_cap), s.mapped,
-                  grown.begin() + static_cast<ptrdiff_t>(static_cast<size_t>(pl) * cap));
-    }
-    s.pages.swap(grown);
-  }
-  const size_t cap = s.pages.size() / static_cast<size_t>(n_planes_);
+  const size_t len = static_cast<size_t>(add) * page_;
   for (int pl = 0; pl < n_planes_; ++pl) {
-    for (int64_t i = s.mapped; i < want; ++i) {
-      const int32_t page = free_.back();
-      uint8_t* addr = Plane(s, pl) + static_cast<size_t>(i) * page_;
-      // MAP_POPULATE faults the page in now, so the pass that first writes
-      // it does not take the fault (for the mapper, that is the point).
-      void* p = mmap(addr, page_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_POPULATE, fd_,
-                     static_cast<off_t>(page) * static_cast<off_t>(page_));
-      if (p == MAP_FAILED) {
-        const int err = errno;
-        // Keep the planes consistent: put back every plane's new pages. A
-        // failed MAP_FIXED may already have removed page i's reservation, so
-        // that page is reserved again too, or something else could be
-        // mapped into the hole. A page whose range cannot be reserved again
-        // stays mapped and is never handed out (lost to the pool, never
-        // shared).
-        for (int q = 0; q <= pl; ++q) {
-          const int64_t upto = q < pl ? want : i;
-          const int64_t reserve_to = q < pl ? want : i + 1;
-          void* r = mmap(Plane(s, q) + static_cast<size_t>(s.mapped) * page_,
-                         static_cast<size_t>(reserve_to - s.mapped) * page_, PROT_NONE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-          if (r == MAP_FAILED) continue;
-          for (int64_t j = s.mapped; j < upto; ++j) ReleasePage(s.pages[static_cast<size_t>(q) * cap + static_cast<size_t>(j)]);
-        }
-        if (best_effort) return Status::Ok();
-        return Status::ResourceExhausted(std::string("mapping a KV page failed: ") + std::strerror(err) +
-                                         (o_.huge_pages ? " (are enough huge pages reserved?)" : ""));
-      }
-      free_.pop_back();
-      s.pages[static_cast<size_t>(pl) * cap + static_cast<size_t>(i)] = page;
+    uint8_t* addr = Plane(s, pl) + static_cast<size_t>(s.mapped) * page_;
+    // MAP_POPULATE faults the pages in now, so the pass that first writes
+    // them does not take the faults (for the mapper, that is the point).
+    if (mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_POPULATE, fd_, FileOffset(addr)) ==
+        MAP_FAILED) {
+      const int err = errno;
+      // Put the planes back as they were. A failed MAP_FIXED may already
+      // have removed this plane's reservation, so it is reserved again too.
+      free_pages_ -= static_cast<int64_t>(pl) * add;  // ReleaseRange gives these back
+      for (int q = 0; q < pl; ++q) ReleaseRange(s, q, s.mapped, want);
+      mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+      if (best_effort) return Status::Ok();
+      return Status::ResourceExhausted(std::string("mapping KV pages failed: ") + std::strerror(err) +
+                                       (o_.huge_pages ? " (are enough huge pages reserved?)" : ""));
     }
   }
+  free_pages_ -= add * n_planes_;
   const uint64_t n = static_cast<uint64_t>(add) * static_cast<uint64_t>(n_planes_);
   counters_.page_maps += n;
   if (ahead) counters_.ahead_page_maps += n;
@@ -366,7 +348,7 @@ void VirtualKvCache::Trim() {
 
 int64_t VirtualKvCache::AvailablePositions() const {
   const EngineLock lock(*this);
-  int64_t pages = static_cast<int64_t>(free_.size());
+  int64_t pages = free_pages_;
   for (const Slot& s : slots_) {
     if (!s.active) {
       pages += s.mapped * n_planes_;
@@ -379,7 +361,7 @@ int64_t VirtualKvCache::AvailablePositions() const {
   return pages / n_planes_ * static_cast<int64_t>(page_) / static_cast<int64_t>(row_bytes_);
 }
 
-size_t VirtualKvCache::CommittedLocked() const { return (static_cast<size_t>(n_pages_) - free_.size()) * page_; }
+size_t VirtualKvCache::CommittedLocked() const { return static_cast<size_t>(n_pages_ - free_pages_) * page_; }
 
 size_t VirtualKvCache::UsedLocked() const {
   size_t pages = 0;

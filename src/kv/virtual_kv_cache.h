@@ -1,9 +1,12 @@
 // VirtualKvCache (vAttention): every slot owns one contiguous virtual range
 // per layer for K and one for V, reserved up front with PROT_NONE and
 // MAP_NORESERVE, so attention uses the plain contiguous kernel unchanged.
-// Physical memory comes from one memfd-backed pool of pages (4 KiB, or 2 MiB
-// huge pages when asked), mapped MAP_FIXED|MAP_SHARED into a slot's ranges
-// as its sequence grows.
+// Physical memory comes from one memfd (4 KiB pages, or 2 MiB huge pages
+// when asked), mapped MAP_FIXED|MAP_SHARED into a slot's ranges as its
+// sequence grows, under a budget of pages. Each page is mapped at the file
+// offset of its own address, so a plane's mapped pages form one mapping
+// (VMA): the count per process stays near 2 per plane and slot, far from
+// vm.max_map_count however large the budget.
 //
 // - Mapping runs ahead of the forward pass, off its critical path: before
 //   each pass the scheduler says what every sequence in it will need next
@@ -96,7 +99,6 @@ class VirtualKvCache final : public ManagedKvCache {
     bool active = false;
     uint8_t* base = nullptr;        // 2 * n_layers planes of plane_bytes_
     int64_t mapped = 0;             // pages mapped per plane
-    std::vector<int32_t> pages;     // [plane][i], plane-major, capacity grows
     int64_t positions = 0;          // positions the current sequence reserved
     int64_t view_capacity = 0;      // positions View reports; engine thread only
     uint64_t released_at = 0;       // LRU stamp for reclamation
@@ -109,7 +111,9 @@ class VirtualKvCache final : public ManagedKvCache {
   void UnmapTail(Slot& s, int64_t keep_pages);
   bool ReclaimIdle(const Slot* except);
   bool ReclaimAhead(const Slot* except);
-  void ReleasePage(int32_t page);
+  // Unmaps pages [from, to) of one plane and returns them to the budget.
+  bool ReleaseRange(Slot& s, int plane, int64_t from, int64_t to);
+  off_t FileOffset(const uint8_t* addr) const { return static_cast<off_t>(addr - base_); }
   size_t CommittedLocked() const;
   size_t UsedLocked() const;
   int64_t PagesFor(int64_t positions) const;
@@ -127,7 +131,8 @@ class VirtualKvCache final : public ManagedKvCache {
   size_t plane_bytes_ = 0;
   size_t row_bytes_ = 0;
   int n_planes_ = 0;
-  std::vector<int32_t> free_;
+  uint8_t* base_ = nullptr;  // slot 0's planes; the memfd maps 1:1 onto [base_, ...)
+  int64_t free_pages_ = 0;   // budget pages not mapped anywhere
   std::vector<Slot> slots_;
   uint64_t clock_ = 0;
   KvMemoryStats counters_;
