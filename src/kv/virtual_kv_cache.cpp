@@ -185,28 +185,22 @@ bool VirtualKvCache::ReclaimAhead(const Slot* except) {
   return any;
 }
 
-bool VirtualKvCache::ReleaseRange(Slot& s, int plane, int64_t from, int64_t to) {
+void VirtualKvCache::ReleaseRange(Slot& s, int plane, int64_t from, int64_t to) {
   uint8_t* addr = Plane(s, plane) + static_cast<size_t>(from) * page_;
   const size_t len = static_cast<size_t>(to - from) * page_;
   // A fresh PROT_NONE reservation drops the shared mapping and keeps the
-  // address space ours. If it fails the pages stay mapped: keep counting them.
-  if (mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) {
-    return false;
-  }
+  // address space ours. Should it fail, the range stays mapped to the file,
+  // but nothing reads or writes past a reservation, and the next MapPages
+  // there maps over it; the memory itself goes back below either way.
+  (void)mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
   // Punching the range out of the memfd returns its memory to the OS.
   fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FileOffset(addr), static_cast<off_t>(len));
   free_pages_ += to - from;
-  return true;
 }
 
 void VirtualKvCache::UnmapTail(Slot& s, int64_t keep) {
   if (s.mapped <= keep) return;
-  bool all = true;
-  for (int pl = 0; pl < n_planes_; ++pl) all = ReleaseRange(s, pl, keep, s.mapped) && all;
-  // A plane whose range could not be released still holds its pages (and is
-  // counted); the slot forgets them either way, and a later MapPages maps
-  // over them, which drops the old mapping.
-  (void)all;
+  for (int pl = 0; pl < n_planes_; ++pl) ReleaseRange(s, pl, keep, s.mapped);
   s.mapped = keep;
 }
 

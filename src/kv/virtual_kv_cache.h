@@ -112,7 +112,7 @@ class VirtualKvCache final : public ManagedKvCache {
   bool ReclaimIdle(const Slot* except);
   bool ReclaimAhead(const Slot* except);
   // Unmaps pages [from, to) of one plane and returns them to the budget.
-  bool ReleaseRange(Slot& s, int plane, int64_t from, int64_t to);
+  void ReleaseRange(Slot& s, int plane, int64_t from, int64_t to);
   off_t FileOffset(const uint8_t* addr) const { return static_cast<off_t>(addr - base_); }
   size_t CommittedLocked() const;
   size_t UsedLocked() const;
