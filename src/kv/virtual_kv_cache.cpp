@@ -66,10 +66,10 @@ Expected<std::unique_ptr<VirtualKvCache>> VirtualKvCache::Create(const VirtualKv
   if (c->n_pages_ > (int64_t{1} << 30)) return Status::InvalidArgument("the KV budget holds too many pages");
   c->fd_ = memfd_create("strata-kv", MFD_CLOEXEC | (o.huge_pages ? MFD_HUGETLB : 0u));
   if (c->fd_ < 0) {
-    return Status::IoError(std::string("memfd_create for the KV page pool failed: ") + std::strerror(errno) +
+    return Status::IoError(std::string("memfd_create for the KV pages failed: ") + std::strerror(errno) +
                            (o.huge_pages ? " (does this kernel support hugetlbfs?)" : ""));
   }
-  const size_t pool = static_cast<size_t>(c->n_pages_) * c->page_;
+  const size_t budget = static_cast<size_t>(c->n_pages_) * c->page_;
   c->free_pages_ = c->n_pages_;
   c->slots_.resize(static_cast<size_t>(o.max_seqs));
   // One reservation for all slots, aligned to the page size: a huge page can
@@ -105,7 +105,7 @@ Expected<std::unique_ptr<VirtualKvCache>> VirtualKvCache::Create(const VirtualKv
   uint8_t* base = reinterpret_cast<uint8_t*>(RoundUp(reinterpret_cast<uintptr_t>(p), c->page_));
   c->base_ = base;
   for (size_t i = 0; i < c->slots_.size(); ++i) c->slots_[i].base = base + i * slot_bytes;
-  c->counters_.budget_bytes = pool;
+  c->counters_.budget_bytes = budget;
   if (o.map_ahead) c->mapper_ = std::thread([raw = c.get()] { raw->MapperLoop(); });
   return c;
 }
@@ -171,7 +171,7 @@ bool VirtualKvCache::ReclaimIdle(const Slot* except) {
 bool VirtualKvCache::ReclaimAhead(const Slot* except) {
   // Pages mapped past a live sequence's reservation (by the mapper, or kept
   // from the slot's previous sequence) are not read or written by any pass
-  // until a Reserve covers them, so they can go back to the pool.
+  // until a Reserve covers them, so they can go back to the budget.
   bool any = false;
   for (Slot& s : slots_) {
     if (!s.active || &s == except) continue;

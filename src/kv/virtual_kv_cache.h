@@ -17,7 +17,7 @@
 //   Reserve that runs short takes them back.
 // - Deferred reclamation: Clear() leaves a slot's pages mapped; the next
 //   sequence in that slot reuses them without any mapping call.
-// - When the pool runs short, pages are reclaimed from idle slots (least
+// - When the budget runs short, pages are reclaimed from idle slots (least
 //   recently used first).
 // Stale KV in a reused slot is never read: attention reads only positions the
 // current sequence has written.
@@ -26,7 +26,7 @@
 // answer (nothing held).
 //
 // Thread-safety: the interface is the engine thread's (one thread), as for
-// every ManagedKvCache. Inside, mu_ guards the pool and the slots' page
+// every ManagedKvCache. Inside, mu_ guards the page budget and the slots' page
 // lists against the mapper thread. View, and a Reserve of positions already
 // reserved (the forward pass's own), take no lock; any other engine call
 // waits at most for the one page row (a page in every plane) the mapper is
@@ -50,7 +50,7 @@ struct VirtualKvOptions {
   int64_t kv_dim = 0;
   int max_seqs = 1;
   int64_t max_positions = 0;  // per sequence
-  size_t budget_bytes = 0;    // the page pool; rounded down to whole pages
+  size_t budget_bytes = 0;    // physical memory mapped at most; rounded down to whole pages
   bool huge_pages = false;    // 2 MiB pages (needs hugetlbfs pages reserved by the OS)
   int64_t lookahead = -1;     // positions mapped beyond need; -1: one page's worth
   // true: a background thread maps PrepareAhead's targets while the forward
@@ -69,7 +69,7 @@ class VirtualKvCache final : public ManagedKvCache {
   int max_seqs() const override { return o_.max_seqs; }
   int64_t max_positions() const override { return o_.max_positions; }
   // Maps pages until positions [0, n_positions) are backed in every plane
-  // (plus best-effort lookahead). kResourceExhausted when the pool, after
+  // (plus best-effort lookahead). kResourceExhausted when the budget, after
   // reclaiming idle slots, has too few pages; pages mapped so far stay.
   Status Reserve(int seq, int64_t n_positions) override;
   // Queues `n_positions` (+ lookahead) of `seq` for the mapper thread.
@@ -91,7 +91,7 @@ class VirtualKvCache final : public ManagedKvCache {
   const char* kind() const override { return "virtual"; }
 
   size_t page_bytes() const { return page_; }
-  int64_t pool_pages() const { return n_pages_; }
+  int64_t budget_pages() const { return n_pages_; }
   int64_t free_pages() const;
 
  private:
