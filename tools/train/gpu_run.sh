@@ -6,7 +6,8 @@
 # Usage (from the repository root or anywhere):  bash tools/train/gpu_run.sh OUTDIR MINUTES
 # Needs tools/train/work/tok/{train,val}.bin and strata.model (corpus.py + tokenizer.py --encode-only).
 # Env overrides (for CPU tests): EVAL_LIMIT, EVAL_SPLITS, EVAL_PPL_MAX, SHAPE="--n-layers 2 --dim 64 ..." (tiny test shape), TRAIN_ARGS (extra train.py flags),
-#   DEVICE (auto|cpu|cuda), WORKERS, TPS (tokens/step), MBT (micro-batch tokens), LR, COMPILE=1.
+#   DEVICE (auto|cpu|cuda), WORKERS, TPS (tokens/step), MBT (micro-batch tokens), LR, COMPILE=1,
+#   TASK_STYLE (spliced: version 1's recipe, the default; marker: see tasks.py).
 set -u
 OUT=${1:?usage: gpu_run.sh OUTDIR MINUTES}
 MIN=${2:?usage: gpu_run.sh OUTDIR MINUTES}
@@ -39,7 +40,7 @@ ls -la work/tok/
 # 1. train (the budget counts from train.py's start: data loading, workers, compile included)
 $PY train.py --out "$WORK" --pack-dir "$OUT" --device $DEVICE $SHAPE \
     --time-budget-min $MIN --tokens-per-step $TPS --micro-batch-tokens $MBT --curriculum "$CURR" \
-    --task-frac 0.35 --lr $LR --min-lr-frac 0.1 --warmup 40 --wd 0.1 \
+    --task-frac 0.35 --task-style ${TASK_STYLE:-spliced} --lr $LR --min-lr-frac 0.1 --warmup 40 --wd 0.1 \
     --workers $WORKERS --threads 4 --ckpt-every-min 2 --eval-every-min 1 $COMPILE_FLAG ${TRAIN_ARGS:-}
 RC=$?
 # (every step is in log.jsonl; the console shows steps 1-5, every 10th to 100, then every 50th, and evals)

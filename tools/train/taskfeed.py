@@ -28,10 +28,11 @@ def _doc_starts(stream):
 
 
 def make_rows(gen, stream, rng, n, L):
-    """n task rows of exactly L+1 tokens: task documents (each BOS + task marker ... answer + EOS, see
-    tasks.TaskGen.training_ids) packed while at least 96 tokens are left, then the start of a whole corpus
-    document (BOS first), so task text is never spliced into ordinary text. The first task of a row may
-    span the whole row (distances up to ~0.92 L); later ones are shorter."""
+    """n task rows of exactly L+1 tokens: task sequences (tasks.TaskGen.training_ids) packed while at least
+    96 tokens are left, then text. The first task of a row may span the whole row (distances up to
+    ~0.92 L); later ones are shorter. Style "spliced": EOS + a random window of the stream. Style
+    "marker": the start of a whole corpus document (BOS first), so task text is never spliced into
+    ordinary text."""
     out = np.empty((n, L + 1), dtype=np.uint16)
     starts = _doc_starts(stream)
     for i in range(n):
@@ -40,7 +41,13 @@ def make_rows(gen, stream, rng, n, L):
             ids += gen.training_ids(L + 1 - len(ids))
         ids = ids[: L + 1]
         m = L + 1 - len(ids)
-        if m > 0:
+        if m > 0 and gen.style == "spliced":
+            ids.append(2)
+            m -= 1
+            if m > 0:
+                s = rng.randrange(0, len(stream) - m - 1)
+                ids.extend(stream[s:s + m].tolist())
+        elif m > 0:
             s = -1
             for _ in range(20):
                 s = int(starts[rng.randrange(0, len(starts))]) if len(starts) else -1
@@ -53,7 +60,7 @@ def make_rows(gen, stream, rng, n, L):
     return out
 
 
-def _worker(tok_path, stream, seed, shared_L, q, chunk):
+def _worker(tok_path, stream, seed, shared_L, q, chunk, style):
     import sentencepiece as spm
     from tasks import TaskGen
     try:
@@ -61,7 +68,7 @@ def _worker(tok_path, stream, seed, shared_L, q, chunk):
     except Exception:
         pass
     sp = spm.SentencePieceProcessor(model_file=tok_path)
-    gen = TaskGen(sp, stream, seed)
+    gen = TaskGen(sp, stream, seed, style)
     rng = random.Random(seed + 7)
     while True:
         L = shared_L.value
@@ -75,7 +82,7 @@ def _worker(tok_path, stream, seed, shared_L, q, chunk):
 
 
 class TaskFeed:
-    def __init__(self, tok_path, stream, seed, workers, L0, chunk=8, reservoir=4096):
+    def __init__(self, tok_path, stream, seed, workers, L0, chunk=8, reservoir=4096, style="spliced"):
         self.stream = stream
         self.workers = workers
         self.fresh = {}      # L -> list of row arrays
@@ -85,13 +92,13 @@ class TaskFeed:
         self.made = 0
         self.reused = 0
         self.procs = []
-        self.tok_path, self.seed = tok_path, seed
+        self.tok_path, self.seed, self.style = tok_path, seed, style
         if workers > 0:
             ctx = mp.get_context("fork")
             self.L = ctx.Value("i", L0)
             self.q = ctx.Queue(maxsize=max(64, 8 * workers))
             for w in range(workers):
-                p = ctx.Process(target=_worker, args=(tok_path, stream, seed * 1000 + w, self.L, self.q, chunk),
+                p = ctx.Process(target=_worker, args=(tok_path, stream, seed * 1000 + w, self.L, self.q, chunk, style),
                                 daemon=True)
                 p.start()
                 self.procs.append(p)
@@ -103,7 +110,8 @@ class TaskFeed:
         import sentencepiece as spm
         from tasks import TaskGen
         self.workers = 0
-        self.gen = TaskGen(spm.SentencePieceProcessor(model_file=self.tok_path), self.stream, self.seed)
+        self.gen = TaskGen(spm.SentencePieceProcessor(model_file=self.tok_path), self.stream, self.seed,
+                           self.style)
         self.prng = random.Random(self.seed + 7)
 
     def set_L(self, L):

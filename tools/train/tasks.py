@@ -29,10 +29,16 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUCKETS = [128, 256, 512, 1024, 1900]
 TASKS = ["kv_recall", "repeat", "mdqa"]
-# Every task example is its own document: BOS, this marker line, the task text, the answer, EOS
-# (training), so task text is recognizable from its first tokens and never appears inside ordinary
-# prose. Eval prompts start with BOS + the same marker.
+# Two ways to put tasks into training rows (--task-style):
+# - "spliced" (the shipped model, version 1): a task sequence is corpus filler with the facts and the
+#   question inserted, BOS first and no marker; rows are filled up with EOS + a random text window.
+#   Eval prompts look the same. The model learns that task text may follow any text, so free
+#   generation shows task fragments until a plain-text anneal (anneal.sh) removes them.
+# - "marker": every task example is its own document, BOS + this marker line + task + answer + EOS,
+#   and rows are filled up with whole corpus documents, so task text is recognizable from its first
+#   tokens and never appears inside ordinary prose. Eval prompts start with BOS + the same marker.
 TASK_MARKER = "### Task\n"
+TASK_STYLES = ("spliced", "marker")
 
 FIRST = ("Mara Tobin Elsa Rowan Ivo Nadia Oren Petra Silas Talia Umar Vera Wendel Yara Zane Aldo "
          "Bryn Cato Dara Emil Fenna Gideon Hana Ilse Jonas Kira Lars Mina Nico Odile Pavel Quinn "
@@ -51,10 +57,14 @@ def load_stream(path):
 class TaskGen:
     """Makes task texts of roughly a target token length, with filler from a token stream."""
 
-    def __init__(self, sp, stream, seed=0):
+    def __init__(self, sp, stream, seed=0, style="spliced"):
+        if style not in TASK_STYLES:
+            raise ValueError("task style must be one of %s, not %r" % (TASK_STYLES, style))
         self.sp = sp
         self.stream = stream
         self.rng = random.Random(seed)
+        self.style = style
+        self.prefix = TASK_MARKER if style == "marker" else ""
 
     # -- pieces ------------------------------------------------------------------------
     def filler(self, ntok):
@@ -136,34 +146,35 @@ class TaskGen:
         return text, " " + cities[target], fact_pos
 
     def make(self, task, distance, for_eval=False):
-        """(TASK_MARKER + text before the answer, answer, char position of the needed fact)."""
+        """(prefix + text before the answer, answer, char position of the needed fact)."""
         if task == "mdqa" and for_eval:
             text, ans, pos = self.mdqa(distance, target=0)  # answer in the first document: distance ~ bucket
         else:
             text, ans, pos = getattr(self, task)(distance)
-        return TASK_MARKER + text, ans, pos + len(TASK_MARKER)
+        return self.prefix + text, ans, pos + len(self.prefix)
 
     # -- training sequences ---------------------------------------------------------------
     def training_ids(self, L):
         """Token ids (BOS first, about L long) of one random task sequence with answers."""
         task = self.rng.choice(TASKS)
         # distances spread over the whole window (the eval buckets go from 128 to 1900 tokens);
-        # shorter examples are followed by more task documents, then a whole corpus document (BOS first)
-        # (taskfeed.make_rows)
+        # shorter examples are followed by more tasks, then text (taskfeed.make_rows)
         target = self.rng.randint(max(16, L // 32), max(32, int(L * 0.92)))
         if task == "mdqa":
             # several docs; distance to the answer varies with the target doc's index
             text, ans, _ = self.mdqa(target)
-            text = TASK_MARKER + text
+            text = self.prefix + text
         else:
             text, ans, _ = self.make(task, target)
+        if self.style == "spliced":
+            return [1] + self.sp.encode(text + ans)
         # one document: BOS, marker, task, answer, EOS
         return [1] + self.sp.encode(text + ans) + [2]
 
 
-def make_eval(sp, stream, out_dir, n_per_bucket, seed):
+def make_eval(sp, stream, out_dir, n_per_bucket, seed, style="spliced"):
     os.makedirs(out_dir, exist_ok=True)
-    gen = TaskGen(sp, stream, seed)
+    gen = TaskGen(sp, stream, seed, style)
     for task in TASKS:
         path = os.path.join(out_dir, task + ".jsonl")
         n_written = 0
@@ -199,12 +210,14 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "work", "eval"))
     ap.add_argument("--n", type=int, default=50, help="examples per task and bucket")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--task-style", choices=TASK_STYLES, default="spliced",
+                    help="spliced: the shipped model's (models/eval); marker: tasks as marked documents")
     args = ap.parse_args()
     sp = spm.SentencePieceProcessor(model_file=os.path.join(args.tok, "strata.model"))
     if args.make_eval:
-        make_eval(sp, load_stream(os.path.join(args.tok, "val.bin")), args.out, args.n, args.seed)
+        make_eval(sp, load_stream(os.path.join(args.tok, "val.bin")), args.out, args.n, args.seed, args.task_style)
     else:
-        gen = TaskGen(sp, load_stream(os.path.join(args.tok, "train.bin")), 0)
+        gen = TaskGen(sp, load_stream(os.path.join(args.tok, "train.bin")), 0, args.task_style)
         for t in TASKS:
             p, a, fp = gen.make(t, 200)
             print("=== %s (fact at char %d)\n%s%s\n" % (t, fp, p, a))

@@ -156,6 +156,8 @@ def main():
                     help="gradient accumulation: at most this many tokens per forward (0 = whole step)")
     ap.add_argument("--curriculum", default="256:0.4,512:0.7,1024:0.9,2048:1")
     ap.add_argument("--task-frac", type=float, default=0.3)
+    ap.add_argument("--task-style", choices=("spliced", "marker"), default="spliced",
+                    help="how task rows are built (tasks.py): spliced = the shipped model's recipe")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=20)
@@ -216,7 +218,8 @@ def main():
 
     # fork the task workers before CUDA is initialized
     workers = args.workers if args.task_frac > 0 else 0
-    feed = TaskFeed(tok_path, train_stream, seed + 1, workers, seq_len_at(curr, progress()))
+    feed = TaskFeed(tok_path, train_stream, seed + 1, workers, seq_len_at(curr, progress()),
+                    style=args.task_style)
     batcher = Batcher(train_stream, feed, args.task_frac, seed + 2)
 
     torch.manual_seed(args.seed)
