@@ -3,8 +3,9 @@
 #   bash tools/train/card_eval.sh DIR        (DIR holds strata-default.gguf and strata-default-q8_0.gguf)
 # Writes DIR/card/: leak.{txt,json}, eval_{f16,q8_0}.{txt,json}, ppl_{f16,q8_0}.{txt,json},
 # ppl_torch_f16.txt, kv_int8.{txt,json}, samples.txt. Needs build/strata and tools/train/work/val.txt
-# (ppl_llama.py's docstring makes it). About 40 min on 2 cores; TORCH=0 skips the 14-minute PyTorch
-# perplexity, ONLY="leak eval" runs just those steps.
+# (ppl_llama.py's docstring makes it). About 30 min on 2 cores. The PyTorch perplexity scores the
+# same first 200 chunks as the int8 KV run, whose exact column it is compared with (TORCH_CHUNKS=-1:
+# the whole file, ~14 min); TORCH=0 skips it; ONLY="leak eval" runs just those steps.
 set -eu
 DIR="$(cd "${1:?usage: card_eval.sh DIR}" && pwd)"
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -45,7 +46,7 @@ if want eval; then
     for t in f16 q8_0; do
         m=$F16; [ $t = q8_0 ] && m=$Q8
         step "long-range tasks by distance, $t"
-        "$S" eval -m "$m" --json "$OUT/eval_$t.json" 2>"$OUT/eval_$t.err" | tee "$OUT/eval_$t.txt"
+        "$S" eval -m "$m" --json "$OUT/eval_$t.json" "$ROOT"/models/eval/*.jsonl 2>"$OUT/eval_$t.err" | tee "$OUT/eval_$t.txt"
     done
 fi
 if want ppl; then
@@ -62,6 +63,8 @@ if want kv; then
 fi
 if want torch && [ "${TORCH:-1}" = 1 ]; then
     step "validation perplexity in PyTorch, F16 weights"
-    (cd "$HERE" && $PY ppl_llama.py "$F16" "$VAL" -c 512) 2>&1 | tail -3 | tee "$OUT/ppl_torch_f16.txt"
+    TC=${TORCH_CHUNKS:-200}
+    (cd "$HERE" && $PY ppl_llama.py "$F16" "$VAL" -c 512 $([ "$TC" -ge 0 ] && echo --chunks $TC)) 2>&1 | tail -3 \
+        | tee "$OUT/ppl_torch_f16.txt"
 fi
 step "done: $OUT"

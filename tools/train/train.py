@@ -97,6 +97,56 @@ def val_loss(model, val_stream, L=512, n=32, device="cpu", amp=contextlib.nullco
     return float(np.mean(losses))
 
 
+# The fixed openings of the spliced tasks' inserted text (tasks.py). Plain corpus text never contains
+# them (leak_check.py --corpus-check), so after any text their probability should be ~0.
+UL_PHRASES = ("The code of", "Memorize: [[", "Recall: [[", "Question: What is the capital of")
+
+
+class Unlikelihood:
+    """Unlikelihood loss (Welleck et al. 2019) against task fragments in plain text. Spliced task rows
+    start with BOS, and their first fact comes 8-40 tokens later, so the model learned that text shortly
+    after BOS is often followed by a task phrase: P(phrase | BOS + 8-40 tokens of text) is ~1e-2 on
+    version 1 against ~1e-5 in the middle of a text window, and every generation starts with BOS + a
+    short prompt. Rows are BOS + a random 4-64-token piece of the train stream + a task phrase; the loss
+    is -log(1 - P(phrase | BOS + piece)), P the product of the phrase's token probabilities, so the
+    gradient is large only where the model would write the phrase."""
+
+    def __init__(self, tok_path, stream, rows, context, seed):
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_file=tok_path)
+        # encoded after a word, as inside filler text ("x The code of" -> [x, The, code, of])
+        self.phrases = [sp.encode("x " + ph)[1:] for ph in UL_PHRASES]
+        self.stream, self.rows, self.context = stream, rows, context
+        self.rng = np.random.default_rng(seed)
+
+    def loss(self, model, device, amp):
+        n = max(len(ph) for ph in self.phrases)
+        T = 1 + self.context + n
+        x = np.zeros((self.rows, T), dtype=np.int64)  # zeros after the phrase: causal, never read
+        tgt = np.full((self.rows, T - 1), -1, dtype=np.int64)
+        for r in range(self.rows):
+            ph = self.phrases[self.rng.integers(len(self.phrases))]
+            m = int(self.rng.integers(4, self.context + 1))
+            s = int(self.rng.integers(0, len(self.stream) - m - 1))
+            piece = self.stream[s:s + m]
+            piece = piece[piece > 2]  # no BOS/EOS inside
+            k = 1 + len(piece)
+            x[r, 0] = 1
+            x[r, 1:k] = piece
+            x[r, k:k + len(ph)] = ph
+            tgt[r, k - 1:k - 1 + len(ph)] = ph  # the phrase's tokens, predicted from positions k-1 ..
+        xt = torch.from_numpy(x).to(device)
+        tt = torch.from_numpy(tgt).to(device)
+        with amp():
+            logits = model(xt[:, :-1])
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        mask = tt >= 0
+        tok_lp = torch.gather(logp, 2, tt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        seq_lp = tok_lp.sum(dim=1).clamp(max=-1e-6)  # log P(phrase | window) < 0
+        ul = -torch.log1p(-torch.exp(seq_lp))
+        return ul.mean(), float(torch.exp(seq_lp).mean())
+
+
 def save(path, model, opt, state, args, cfg):
     tmp = path + ".tmp"
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
@@ -175,6 +225,12 @@ def main():
     ap.add_argument("--train-file", default="train.bin", help="train token stream inside --tok (e.g. a smaller "
                     "train_small.bin for a fine-tune whose carried files must stay small)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ul-weight", type=float, default=0.0,
+                    help="weight of the unlikelihood loss against task fragments in plain text (0: off)")
+    ap.add_argument("--ul-rows", type=int, default=8, help="unlikelihood rows per step")
+    ap.add_argument("--ul-context", type=int, default=64, help="at most this many text tokens between BOS and the phrase")
+    ap.add_argument("--train-only", help="regular expression: train only the parameters whose names match "
+                    "(e.g. 'feed_forward|ffn_norm|^norm|^output' leaves attention and embeddings as they are)")
     ap.add_argument("--init-gguf", help="start a new run from these weights (e.g. models/strata-default.gguf); "
                     "shape flags are taken from the file")
     args = ap.parse_args()
@@ -245,8 +301,16 @@ def main():
             return torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    if args.train_only:
+        import re
+        keep = re.compile(args.train_only)
+        for n, p in model.named_parameters():
+            p.requires_grad_(bool(keep.search(n)))
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        print("--train-only %r: %d of %d parameters frozen" % (args.train_only, frozen, model.n_params(False)),
+              flush=True)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and p.requires_grad]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 and p.requires_grad]
     groups = [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}]
     opt = None
     if cuda:
@@ -274,6 +338,8 @@ def main():
             print("torch.compile failed (%s); eager" % e, flush=True)
             fwd = model
 
+    ul = Unlikelihood(tok_path, train_stream, args.ul_rows, args.ul_context, seed + 3) if args.ul_weight > 0 else None
+    ul_p = {"p": 0.0}
     stop = {"flag": False}
 
     def on_signal(signum, frame):
@@ -292,6 +358,9 @@ def main():
                 _, loss = fwd(xb[:, :-1], xb[:, 1:])
             (loss * (xb.shape[0] / B)).backward()
             tot = loss.detach() * (xb.shape[0] / B) if tot is None else tot + loss.detach() * (xb.shape[0] / B)
+        if ul is not None:
+            ul_loss, ul_p["p"] = ul.loss(fwd, device, amp)
+            (args.ul_weight * ul_loss).backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -351,6 +420,8 @@ def main():
         rec = {"step": state["step"], "L": L, "B": B, "loss": round(loss_v, 4), "lr": round(lr, 6),
                "gnorm": round(gn_v, 3), "tok_s": round(B * L / max(step_dt, 1e-9), 1), "tokens": state["tokens"],
                "train_min": round(state["train_sec"] / 60, 2), "p": round(progress(), 4)}
+        if ul is not None:
+            rec["ul_phrase_p"] = round(ul_p["p"], 5)  # mean P(phrase | plain window) before this step
         if workers:
             rec["task_rows_fresh"] = feed.made
             rec["task_rows_reused"] = feed.reused
