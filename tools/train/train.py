@@ -107,9 +107,9 @@ class Unlikelihood:
     start with BOS, and their first fact comes 8-40 tokens later, so the model learned that text shortly
     after BOS is often followed by a task phrase: P(phrase | BOS + 8-40 tokens of text) is ~1e-2 on
     version 1 against ~1e-5 in the middle of a text window, and every generation starts with BOS + a
-    short prompt. Rows are BOS + a random 4-64-token piece of the train stream + a task phrase; the loss
-    is -log(1 - P(phrase | BOS + piece)), P the product of the phrase's token probabilities, so the
-    gradient is large only where the model would write the phrase."""
+    short prompt. Rows are BOS + a random piece of the train stream (4 to --ul-context tokens) + a task
+    phrase; the loss is -log(1 - P(phrase | BOS + piece)), P the product of the phrase's token
+    probabilities, so the gradient is large only where the model would write the phrase."""
 
     def __init__(self, tok_path, stream, rows, context, seed):
         import sentencepiece as spm
@@ -421,7 +421,7 @@ def main():
                "gnorm": round(gn_v, 3), "tok_s": round(B * L / max(step_dt, 1e-9), 1), "tokens": state["tokens"],
                "train_min": round(state["train_sec"] / 60, 2), "p": round(progress(), 4)}
         if ul is not None:
-            rec["ul_phrase_p"] = round(ul_p["p"], 5)  # mean P(phrase | plain window) before this step
+            rec["ul_phrase_p"] = round(ul_p["p"], 5)  # mean P(phrase | BOS + piece) before this step
         if workers:
             rec["task_rows_fresh"] = feed.made
             rec["task_rows_reused"] = feed.reused
