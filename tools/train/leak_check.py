@@ -69,7 +69,7 @@ def check(strata, model, seeds, n, temp, show):
             "tokens": n, "temp": temp, "seeds": seeds, "prompts": PROMPTS}
 
 
-def corpus_check(tok_dir):
+def corpus_check():
     """The phrases must be absent from plain text, or a 'leak' would just be the corpus."""
     path = os.path.join(HERE, "work", "corpus", "train.jsonl")
     counts = {k: 0 for k in PATTERNS}
@@ -96,7 +96,7 @@ def main():
         sys.exit("no strata binary at %s (build first, or pass --strata)" % args.strata)
     results = []
     if args.corpus_check:
-        print("phrases in the plain train split:", corpus_check(None))
+        print("phrases in the plain train split:", corpus_check())
     for m in args.models:
         results.append(check(args.strata, m, args.seeds, args.n, args.temp, args.show))
     print("| model | samples | with a task fragment | code | memorize/recall | mdqa | marker |")
