@@ -86,7 +86,7 @@ def export(ckpt, out_path, qtype, sp_path, name, description):
     w.add_string("general.architecture", "llama")
     w.add_string("general.name", name)
     w.add_string("general.description", description)
-    w.add_u32("general.file_type", 1 if qtype == gguf.F16 else 7)
+    w.add_u32("general.file_type", {gguf.F32: 0, gguf.F16: 1, gguf.Q8_0: 7}[qtype])
     w.add_u32("general.quantization_version", 2)
     w.add_u32("llama.context_length", c.context_length)
     w.add_u32("llama.embedding_length", c.dim)

@@ -30,7 +30,7 @@ COMPILE_FLAG=""
 rm -rf "$WORK"; mkdir -p "$WORK"
 cd "$HERE"
 mkdir -p work/tok
-[ -f work/tok/strata.model ] || cp "$ROOT/models/strata-tokenizer.model" work/tok/strata.model
+[ -f work/tok/strata.model ] || cp "$ROOT/tools/train/strata-tokenizer-4k.model" work/tok/strata.model
 for f in train.bin val.bin test.bin; do [ -f work/tok/$f ] || { echo "missing tools/train/work/tok/$f (carry it)"; exit 1; }; done
 T0=$(date +%s)
 echo "gpu_run: out=$OUT minutes=$MIN device=$DEVICE workers=$WORKERS tps=$TPS mbt=$MBT lr=$LR curriculum=$CURR"

@@ -447,6 +447,7 @@ def main():
         worst = pack_weights(model, cfg, state, args.pack_dir)
     vl = val_loss(model, val_stream, device=device, amp=amp)
     rec = {"final": True, "step": state["step"], "tokens": state["tokens"], "val_loss": vl,
+           "stopped": bool(stop["flag"] or os.path.exists(os.path.join(args.out, "STOP"))),
            "train_min": state["train_sec"] / 60, "tokens_by_len": state["tokens_by_len"],
            "task_rows_fresh": feed.made, "task_rows_reused": feed.reused, "max_abs_weight": worst,
            "mean_tok_s": state["tokens"] / max(1e-9, time.time() - T_START)}
