@@ -17,7 +17,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 mkdir -p "$DEST"; DEST="$(cd "$DEST" && pwd)"
 PY=${PY:-/usr/bin/python3}
-TOK=$HERE/strata-tokenizer-4k.model  # version 1 and 1.1 use the 4096-piece tokenizer
+TOK=${TOK:-$HERE/strata-tokenizer-4k.model}  # versions 1 and 1.1: the 4096-piece tokenizer
 cd "$HERE"
 for f in train.bin val.bin; do [ -f work/tok/$f ] || { echo "missing tools/train/work/tok/$f: run corpus.py and tokenizer.py --encode-only (README)"; exit 1; }; done
 [ -f work/tok/strata.model ] || cp "$TOK" work/tok/strata.model

@@ -8,6 +8,7 @@
 # Env overrides (for CPU tests): EVAL_LIMIT, EVAL_SPLITS, EVAL_PPL_MAX, SHAPE="--n-layers 2 --dim 64 ..." (tiny test shape), TRAIN_ARGS (extra train.py flags),
 #   DEVICE (auto|cpu|cuda), WORKERS, TPS (tokens/step), MBT (micro-batch tokens), LR, COMPILE=1,
 #   TASK_STYLE (spliced: version 1's recipe, the default; marker: see tasks.py).
+#   EVAL_DIR (held-out task sets; default models/eval, whose token ids are the 4K tokenizer's).
 set -u
 OUT=${1:?usage: gpu_run.sh OUTDIR MINUTES}
 MIN=${2:?usage: gpu_run.sh OUTDIR MINUTES}
@@ -49,7 +50,7 @@ echo "train rc=$RC after $(( $(date +%s) - T0 )) s"
 [ -f "$WORK/ckpt.pt" ] || { echo "no checkpoint"; exit 1; }
 
 # 2. evaluate on the GPU: val/test perplexity (512 and 2048 windows), task accuracy by distance
-timeout 150 $PY eval_tasks.py "$WORK/ckpt.pt" --device $DEVICE --eval-dir "$ROOT/models/eval" --limit ${EVAL_LIMIT:-16} \
+timeout 150 $PY eval_tasks.py "$WORK/ckpt.pt" --device $DEVICE --eval-dir "${EVAL_DIR:-$ROOT/models/eval}" --limit ${EVAL_LIMIT:-16} \
     --splits ${EVAL_SPLITS:-val,test} --ppl-ctx-extra 2048 --ppl-max-tokens ${EVAL_PPL_MAX:-0} --json "$OUT/eval.json" > "$OUT/eval.txt" 2>&1
 echo "eval rc=$? after $(( $(date +%s) - T0 )) s"; cat "$OUT/eval.txt"
 
