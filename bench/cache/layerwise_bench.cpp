@@ -34,9 +34,9 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -80,31 +80,26 @@ struct Args {
 
 Args ParseArgs(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto v = [&]() -> std::string {
-      if (i + 1 >= argc) Die("missing value for " + k);
-      return argv[++i];
-    };
-    if (k == "--model") a.model = v();
-    else if (k == "--disk-dir") a.disk_dir = v();
-    else if (k == "--out") a.out = v();
-    else if (k == "--command") a.command = v();
-    else if (k == "--reps") a.reps = std::stoi(v());
-    else if (k == "--threads") a.threads = std::stoi(v());
-    else if (k == "--prefix-tokens") a.prefix_tokens = std::stoi(v());
-    else if (k == "--chunk-tokens") a.chunk_tokens = std::stoi(v());
-    else if (k == "--no-redis") a.redis = false;
-    else if (k == "--suffixes") {
-      a.suffixes.clear();
-      std::stringstream ss(v());
-      std::string x;
-      while (std::getline(ss, x, ',')) a.suffixes.push_back(std::stoi(x));
-    } else {
-      Die("unknown argument " + k);
-    }
+  CLI::App app{"layerwise_bench: TTFT with the prompt's prefix loaded from the KV cache store, layer by layer"};
+  app.add_option("--model", a.model, "GGUF model")->capture_default_str();
+  app.add_option("--disk-dir", a.disk_dir, "directory for the disk tier's files")->capture_default_str();
+  app.add_option("--out", a.out, "JSON results")->capture_default_str();
+  app.add_option("--command", a.command, "the command line to record with the results");
+  app.add_option("--reps", a.reps, "runs per measurement (median)")->capture_default_str()->check(CLI::Range(1, 1000));
+  app.add_option("--threads", a.threads, "compute threads")->capture_default_str()->check(CLI::Range(1, 256));
+  app.add_option("--prefix-tokens", a.prefix_tokens, "shared prefix length")->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--chunk-tokens", a.chunk_tokens, "tokens per stored chunk")->capture_default_str()
+      ->check(CLI::Range(1, 1 << 16));
+  app.add_option("--suffixes", a.suffixes, "new tokens after the prefix, one run each")->delimiter(',')
+      ->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  app.add_flag("!--no-redis", a.redis, "skip the Redis tier");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
   }
-  if (a.reps < 1 || a.prefix_tokens < a.chunk_tokens) Die("need --reps >= 1 and a prefix of at least one chunk");
+  if (a.prefix_tokens < a.chunk_tokens) Die("--prefix-tokens must hold at least one chunk (--chunk-tokens)");
   return a;
 }
 

@@ -36,6 +36,7 @@
 #include <map>
 #include <iostream>
 #include <memory>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -585,23 +586,23 @@ struct Args {
 
 Args ParseArgs(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto v = [&]() -> std::string {
-      if (i + 1 >= argc) Die("missing value for " + k);
-      return argv[++i];
-    };
-    if (k == "--model") a.model = v();
-    else if (k == "--qwen-model") a.qwen_model = v();
-    else if (k == "--disk-dir") a.disk_dir = v();
-    else if (k == "--out") a.out = v();
-    else if (k == "--reps") a.reps = std::stoi(v());
-    else if (k == "--threads") a.threads = std::stoi(v());
-    else if (k == "--prompt-tokens") a.prompt_tokens = std::stoi(v());
-    else if (k == "--seq-file-mb") a.seq_file_mb = std::stoul(v());
-    else if (k == "--command") a.command = v();
-    else if (k == "--no-redis") a.redis = false;
-    else Die("unknown argument " + k);
+  CLI::App app{"tier_bench: bandwidth of each KV cache store tier, per chunk encoding"};
+  app.add_option("--model", a.model, "GGUF model")->capture_default_str();
+  app.add_option("--qwen-model", a.qwen_model, "optional Qwen2.5-0.5B-shape GGUF for real KV and prefill time");
+  app.add_option("--disk-dir", a.disk_dir, "directory for the disk tier's files")->capture_default_str();
+  app.add_option("--out", a.out, "JSON results")->capture_default_str();
+  app.add_option("--reps", a.reps, "runs per measurement (median)")->capture_default_str()->check(CLI::Range(1, 1000));
+  app.add_option("--threads", a.threads, "compute threads")->capture_default_str()->check(CLI::Range(1, 256));
+  app.add_option("--prompt-tokens", a.prompt_tokens, "prompt length")->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--seq-file-mb", a.seq_file_mb, "size of the sequential-read reference file")->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20));
+  app.add_option("--command", a.command, "the command line to record with the results");
+  app.add_flag("!--no-redis", a.redis, "skip the Redis tier");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
   }
   return a;
 }
