@@ -39,6 +39,7 @@
 #include "cache/kv_store.h"
 #include "kernels/fp16.h"
 #include "kv/contiguous_kv_cache.h"
+#include "kv_chunk_chain.h"
 
 extern char** environ;
 
@@ -283,66 +284,13 @@ void FillAndRecover(const std::string& root, const Mode& mode) {
 
 // KV for a chain of chunks as the engine stores them (real chunk encoding,
 // real keys), 64 KiB of f16 per chunk.
-struct KvChain {
+struct KvChain : testing::KvChunkChain {
   static constexpr int kLayers = 4;
   static constexpr int kHeads = 4;
   static constexpr int kHeadDim = 64;
   static constexpr int kChunk = 16;
-  std::unique_ptr<ContiguousKvCache> kv;
-  ChunkKeyContext ctx;
-  std::vector<TokenId> tokens;
-  std::vector<ChunkKey> keys;
-
-  explicit KvChain(int n_chunks) {
-    kv = ContiguousKvCache::Create(kLayers, kHeads * kHeadDim, 2, int64_t{n_chunks} * kChunk).value();
-    EXPECT_TRUE(kv->Reserve(0, int64_t{n_chunks} * kChunk).ok());
-    for (int l = 0; l < kLayers; ++l) {
-      KvLayerView v = kv->View(0, l);
-      for (int64_t p = 0; p < int64_t{n_chunks} * kChunk; ++p) {
-        for (int d = 0; d < kHeads * kHeadDim; ++d) {
-          v.KRow(p)[d] = Fp32ToFp16(0.01f * static_cast<float>((l * 131 + p * 7 + d) % 200) - 1.0f);
-          v.VRow(p)[d] = Fp32ToFp16(0.02f * static_cast<float>((l * 17 + p * 3 + d * 5) % 150) - 1.5f);
-        }
-      }
-    }
-    ctx.model_fingerprint = "0123456789abcdef0123456789abcdef";
-    ctx.kv_format = "f16";
-    ctx.chunk_tokens = kChunk;
-    for (int i = 0; i < n_chunks * kChunk; ++i) tokens.push_back(11 + i * 5);
-    keys = ComputeChunkKeys(tokens, ctx);
-  }
-
-  ChunkMeta Meta(int i) const {
-    ChunkMeta m;
-    m.key = keys[i];
-    m.model_fingerprint = ctx.model_fingerprint;
-    m.kv_format = ctx.kv_format;
-    m.n_layers = kLayers;
-    m.n_kv_heads = kHeads;
-    m.head_dim = kHeadDim;
-    m.first_position = int64_t{i} * kChunk;
-    m.tokens.assign(tokens.begin() + i * kChunk, tokens.begin() + (i + 1) * kChunk);
-    return m;
-  }
-
-  ChunkBlob Blob(int i) { return *EncodeChunk(Meta(i), *kv, 0, ChunkEncoding{}); }
-
-  // Decodes `blob` into sequence 1 and compares chunk i's rows with seq 0.
-  bool Matches(int i, const ChunkBlob& blob) {
-    auto r = ChunkReader::Open(blob, Meta(i));
-    if (!r.ok()) return false;
-    kv->Clear(1);
-    if (!kv->Reserve(1, int64_t{i + 1} * kChunk).ok()) return false;
-    for (int l = 0; l < kLayers; ++l) {
-      if (!r->DecodeLayer(l, kv->View(1, l)).ok()) return false;
-      KvLayerView a = kv->View(0, l), b = kv->View(1, l);
-      for (int64_t p = int64_t{i} * kChunk; p < int64_t{i + 1} * kChunk; ++p) {
-        if (std::memcmp(a.KRow(p), b.KRow(p), kHeads * kHeadDim * 2) != 0) return false;
-        if (std::memcmp(a.VRow(p), b.VRow(p), kHeads * kHeadDim * 2) != 0) return false;
-      }
-    }
-    return true;
-  }
+  explicit KvChain(int n_chunks)
+      : KvChunkChain({kLayers, kHeads, kHeadDim, kChunk}, n_chunks, "0123456789abcdef0123456789abcdef", 11, 5) {}
 };
 
 // The store as the engine drives it (host RAM above a write-through disk
