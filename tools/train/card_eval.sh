@@ -2,8 +2,9 @@
 # Every measurement in models/README.md's Results, for one pair of exported files, on this machine:
 #   bash tools/train/card_eval.sh DIR        (DIR holds strata-default.gguf and strata-default-q8_0.gguf)
 # Writes DIR/card/: leak.{txt,json}, eval_{f16,q8_0}.{txt,json}, ppl_{f16,q8_0}.{txt,json},
-# ppl_torch_f16.txt, kv_int8.{txt,json}, samples.txt. Needs build/strata and tools/train/work/val.txt
-# (ppl_llama.py's docstring makes it). About 30 min on 2 cores. The PyTorch perplexity scores the
+# ppl_torch_f16.txt, kv_int8.{txt,json}, char_loss.{txt,json}, samples.txt. Needs build/strata and
+# tools/train/work/val.txt (ppl_llama.py's docstring makes it). About 30 min on 2 cores. CARD_TOK: the
+# tokenizer of DIR's model, if it is not models/strata-tokenizer.model (loss per character). The PyTorch perplexity scores the
 # same first 200 chunks as the int8 KV run, whose exact column it is compared with (TORCH_CHUNKS=-1:
 # the whole file, ~14 min); TORCH=0 skips it; ONLY="leak eval" runs just those steps.
 set -eu
@@ -18,7 +19,7 @@ mkdir -p "$OUT"
 F16=$DIR/strata-default.gguf
 Q8=$DIR/strata-default-q8_0.gguf
 for f in "$S" "$F16" "$Q8" "$VAL"; do [ -e "$f" ] || { echo "missing $f"; exit 1; }; done
-ONLY=${ONLY:-leak samples eval ppl kv torch}
+ONLY=${ONLY:-leak samples eval ppl kv char torch}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 step() { echo "== $(date -u +%H:%M:%S) $*"; }
 
@@ -60,6 +61,11 @@ if want kv; then
     step "KV round-tripped through int8: first 200 chunks"
     "$S" perplexity -m "$F16" -f "$VAL" -c 512 --chunks 200 --kv-roundtrip int8 --json "$OUT/kv_int8.json" 2>&1 \
         | tail -8 | tee "$OUT/kv_int8.txt"
+fi
+if want char; then
+    step "validation loss per character (compares across vocabularies), F16"
+    (cd "$HERE" && $PY char_loss.py "$F16" "${CARD_TOK:-$ROOT/models/strata-tokenizer.model}" --json "$OUT/char_loss.json") \
+        | tee "$OUT/char_loss.txt"
 fi
 if want torch && [ "${TORCH:-1}" = 1 ]; then
     step "validation perplexity in PyTorch, F16 weights"
