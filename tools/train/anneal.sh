@@ -19,8 +19,9 @@ mkdir -p "$DEST"; DEST="$(cd "$DEST" && pwd)"
 PY=${PY:-/usr/bin/python3}
 TOK=${TOK:-$HERE/strata-tokenizer-4k.model}  # versions 1 and 1.1: the 4096-piece tokenizer
 cd "$HERE"
-for f in train.bin val.bin; do [ -f work/tok/$f ] || { echo "missing tools/train/work/tok/$f: run corpus.py and tokenizer.py --encode-only (README)"; exit 1; }; done
-[ -f work/tok/strata.model ] || cp "$TOK" work/tok/strata.model
+TOKDIR=${TOKDIR:-work/tok}  # token streams + strata.model (work/tok8k for an 8K model, with TOK= its tokenizer)
+for f in train.bin val.bin; do [ -f $TOKDIR/$f ] || { echo "missing tools/train/$TOKDIR/$f: run corpus.py and tokenizer.py --encode-only (README)"; exit 1; }; done
+[ -f $TOKDIR/strata.model ] || cp "$TOK" $TOKDIR/strata.model
 
 # Why the fragments appear: spliced task rows start with BOS and state their first fact 8-40 tokens
 # later, so version 1 learned that text shortly after BOS is often followed by a task phrase
@@ -38,7 +39,7 @@ for f in train.bin val.bin; do [ -f work/tok/$f ] || { echo "missing tools/train
 #   + marker-style task rows (25%), unlikelihood 0.3, 512:   leak 19%, recall 38%
 #   same at length 2048, unlikelihood 1:                     leak 14% ("### Task" itself leaks), recall 25%
 #   plain text + unlikelihood, attention frozen, LR 1e-4:    leak 1% after ~75 steps, recall 100%  <- this
-OMP_WAIT_POLICY=PASSIVE $PY train.py --out "$DEST" --init-gguf "$IN" --task-frac ${TASK_FRAC:-0} \
+OMP_WAIT_POLICY=PASSIVE $PY train.py --out "$DEST" --init-gguf "$IN" --tok $TOKDIR --task-frac ${TASK_FRAC:-0} \
     --curriculum "${CURR:-512:1}" --tokens-per-step ${TPS:-4096} --total-tokens "$TOKENS" \
     --lr ${LR:-1e-4} --min-lr-frac 0.1 --warmup 5 --wd 0.1 --threads $(nproc) \
     --ckpt-every-min 8 --eval-every-min 10 --seed ${SEED:-11} \
