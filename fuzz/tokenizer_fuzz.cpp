@@ -13,6 +13,7 @@
 #include "model/tokenizer.h"
 #include "model/tokenizer_pretokenizer.h"
 #include "model/tokenizer_unicode.h"
+#include "../tests/spm_vocab.h"
 
 namespace {
 
@@ -27,30 +28,8 @@ using namespace strata;
   } while (0)
 
 TokenizerVocab SpmVocab() {
-  TokenizerVocab v;
-  v.model = "llama";
-  auto add = [&](std::string piece, float score, TokenType type) {
-    v.tokens.push_back(std::move(piece));
-    v.scores.push_back(score);
-    v.types.push_back(static_cast<uint8_t>(type));
-  };
-  add("<unk>", 0, TokenType::kUnknown);
-  add("<s>", 0, TokenType::kControl);
-  add("</s>", 0, TokenType::kControl);
-  for (int b = 0; b < 256; ++b) {
-    char buf[8];
-    std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
-    add(buf, 0, TokenType::kByte);
-  }
-  float score = -1;
-  for (const char* p : {"▁", "a", "b", "c", "é", "日", "ab", "▁a", "▁ab", "bc", "abc", "▁▁", "cc", "ccc"}) {
-    add(p, score--, TokenType::kNormal);
-  }
-  add("<|u|>", 0, TokenType::kUserDefined);
-  v.unk = 0;
-  v.bos = 1;
-  v.eos = 2;
-  return v;
+  return testing::SpmVocabWith({"▁", "a", "b", "c", "é", "日", "ab", "▁a", "▁ab", "bc", "abc", "▁▁", "cc", "ccc"},
+                               "<|u|>");
 }
 
 TokenizerVocab BpeVocab(const char* pre) {

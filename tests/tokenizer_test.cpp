@@ -30,6 +30,7 @@
 #include "model/tokenizer.h"
 #include "model/tokenizer_pretokenizer.h"
 #include "model/tokenizer_unicode.h"
+#include "spm_vocab.h"
 
 namespace strata {
 namespace {
@@ -65,35 +66,10 @@ Ids EncodeOrDie(const Tokenizer& tok, std::string_view text, EncodeOptions opt =
   return r.ok() ? *r : Ids{};
 }
 
-// A SentencePiece vocabulary: <unk> <s> </s>, 256 byte tokens, then pieces
-// with descending scores.
 TokenizerVocab SmallSpmVocab() {
-  TokenizerVocab v;
-  v.model = "llama";
-  auto add = [&](std::string piece, float score, TokenType type) {
-    v.tokens.push_back(std::move(piece));
-    v.scores.push_back(score);
-    v.types.push_back(static_cast<uint8_t>(type));
-  };
-  add("<unk>", 0, TokenType::kUnknown);
-  add("<s>", 0, TokenType::kControl);
-  add("</s>", 0, TokenType::kControl);
-  for (int b = 0; b < 256; ++b) {
-    char buf[8];
-    std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
-    add(buf, 0, TokenType::kByte);
-  }
-  // Ordinary pieces; merged pieces score higher the earlier they come.
-  const char* pieces[] = {"▁", "h", "e", "l", "o", "w", "r", "d", "a", "b", "c",
-                          "ll", "▁h", "▁he", "▁hell", "▁hello", "or", "▁w", "▁wor", "ld", "▁world",
-                          "ab", "abc"};
-  float score = -1;
-  for (const char* p : pieces) add(p, score--, TokenType::kNormal);
-  add("<|sep|>", 0, TokenType::kUserDefined);
-  v.unk = 0;
-  v.bos = 1;
-  v.eos = 2;
-  return v;
+  return testing::SpmVocabWith({"▁", "h", "e", "l", "o", "w", "r", "d", "a", "b", "c", "ll", "▁h", "▁he", "▁hell",
+                                "▁hello", "or", "▁w", "▁wor", "ld", "▁world", "ab", "abc"},
+                               "<|sep|>");
 }
 
 // Byte-level BPE over the 256-byte alphabet plus a few merges.
