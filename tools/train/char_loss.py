@@ -4,7 +4,7 @@
 Usage: char_loss.py MODEL.gguf TOK.model [MODEL2.gguf TOK2.model ...] [--docs N] [-c 512]
 
 Scores the first N validation documents (all by default) with each model and its own tokenizer:
-BOS + ids + EOS, windows of c tokens, every token after the first of its window scored. Prints
+BOS + ids + EOS, every token after BOS scored once, in consecutive windows of c targets. Prints
 nats and bits per character and the per-token perplexity. Perplexity per token does not compare
 across vocabularies: a tokenizer with longer pieces has fewer, harder tokens.
 """

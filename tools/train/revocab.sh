@@ -13,8 +13,8 @@
 # 50% after phase 1); phase 2 needs task rows before this makes a model worth shipping.
 #
 # Why it can work: the transformer body (attention and MLPs) is what reads context; only the
-# embedding and output rows are tied to the vocabulary. revocab.py keeps the 3722 pieces that both
-# vocabularies share and builds the other 4470 from old pieces; phase 1 fits those rows alone, phase
+# embedding and output rows are tied to the vocabulary. revocab.py gives the 3722 pieces that one old
+# piece spells that piece's rows and builds the other 4470 from several; phase 1 fits those rows alone, phase
 # 2 lets the MLPs adapt too. Attention stays frozen: with a fresh Adam state at LR 5e-4, training
 # attention at length 512 broke recall at ~1900 tokens (anneal.sh's table). Measured (trainer's val
 # loss per 8K token; kv_recall at ~128 / ~1900 tokens):
