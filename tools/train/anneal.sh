@@ -22,6 +22,8 @@ cd "$HERE"
 TOKDIR=${TOKDIR:-work/tok}  # token streams + strata.model (work/tok8k for an 8K model, with TOK= its tokenizer)
 for f in train.bin val.bin; do [ -f $TOKDIR/$f ] || { echo "missing tools/train/$TOKDIR/$f: run corpus.py and tokenizer.py --encode-only (README)"; exit 1; }; done
 [ -f $TOKDIR/strata.model ] || cp "$TOK" $TOKDIR/strata.model
+# the streams' tokenizer must be the one the export writes into the GGUF, or the model reads wrong ids
+cmp -s "$TOK" $TOKDIR/strata.model || { echo "$TOKDIR/strata.model differs from TOK=$TOK: set TOK to the streams' tokenizer"; exit 1; }
 
 # Why the fragments appear: spliced task rows start with BOS and state their first fact 8-40 tokens
 # later, so version 1 learned that text shortly after BOS is often followed by a task phrase

@@ -4,9 +4,10 @@
 # Writes DIR/card/: leak.{txt,json}, eval_{f16,q8_0}.{txt,json}, ppl_{f16,q8_0}.{txt,json},
 # ppl_torch_f16.txt, kv_int8.{txt,json}, char_loss.{txt,json}, samples.txt. Needs build/strata and
 # tools/train/work/val.txt (ppl_llama.py's docstring makes it). About 30 min on 2 cores. CARD_TOK: the
-# tokenizer of DIR's model, if it is not models/strata-tokenizer.model (loss per character). The PyTorch perplexity scores the
-# same first 200 chunks as the int8 KV run, whose exact column it is compared with (TORCH_CHUNKS=-1:
-# the whole file, ~14 min); TORCH=0 skips it; ONLY="leak eval" runs just those steps.
+# tokenizer of DIR's model, if it is not models/strata-tokenizer.model (loss per character). The
+# PyTorch perplexity scores the same first 200 chunks as the int8 KV run, whose exact column it is
+# compared with (TORCH_CHUNKS=-1: the whole file, ~14 min); TORCH=0 skips it; ONLY="leak eval" runs
+# just those steps.
 set -eu
 DIR="$(cd "${1:?usage: card_eval.sh DIR}" && pwd)"
 HERE="$(cd "$(dirname "$0")" && pwd)"
