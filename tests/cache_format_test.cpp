@@ -197,6 +197,14 @@ TEST(CacheFormat, TranscodeChangesEncodingAndKeepsValues) {
   bad.back() ^= 1;
   EXPECT_EQ(TranscodeChunk(ChunkBlob::Adopt(bad), meta, {ChunkCodec::kLz4, ChunkDType::kF16, 1}).status().code(),
             StatusCode::kCorrupt);
+  // A re-encode that would decode more than its budget is refused up front;
+  // this chunk decodes to 12 tokens x K,V x kv_dim f16 values per layer.
+  const uint64_t need = uint64_t{12} * meta.n_layers * 2 * meta.n_kv_heads * meta.head_dim * 2;
+  auto over = TranscodeChunk(*raw, meta, {ChunkCodec::kLz4, ChunkDType::kF16, 1}, need - 1);
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(over.status().message().find("a re-encode may use"), std::string::npos) << over.status().message();
+  EXPECT_TRUE(TranscodeChunk(*raw, meta, {ChunkCodec::kLz4, ChunkDType::kF16, 1}, need).ok());
 }
 
 TEST(CacheFormat, EncodeRejectsBadMeta) {

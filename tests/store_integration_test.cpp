@@ -282,6 +282,38 @@ TEST(StoreIntegration, CompressedTiersAreLossless) {
   }
 }
 
+// Lossy chunks never reach a store configured for exact KV: a process with an
+// int8 disk tier and one with a lossless tier share a directory, and the
+// lossless one recomputes instead of loading int8 KV (another int8 process
+// still loads it).
+TEST(StoreIntegration, ExactStoresNeverLoadAnotherProcessesLossyChunks) {
+  const Model& m = Tiny();
+  const std::string dir = TempDir("lossy_shared");
+  const std::vector<std::vector<TokenId>> prompts = {Prompt(m, 40, 3)};
+  const ChunkEncoding int8{ChunkCodec::kRaw, ChunkDType::kInt8, 1};
+  {
+    auto lossy = MakeStore(Disk(dir), int8);
+    auto conn = Connect(m, *lossy);
+    EXPECT_EQ(conn->kv_format(), KvStoreConnector::kLossyKvFormat);
+    RunSequential(m, conn.get(), prompts, Greedy(4));
+  }
+  {
+    auto exact = MakeStore(Disk(dir));
+    auto conn = Connect(m, *exact);
+    EXPECT_EQ(conn->kv_format(), KvStoreConnector::kKvFormat);
+    EXPECT_EQ(conn->LookupPrefix(prompts[0], "").tokens, 0);
+    const auto got = RunSequential(m, conn.get(), prompts, Greedy(4));
+    EXPECT_EQ(got[0].last.store_cached_tokens, 0) << "an exact store loaded int8 KV";
+  }
+  {
+    auto lossy = MakeStore(Disk(dir), int8);
+    auto conn = Connect(m, *lossy);
+    const auto got = RunSequential(m, conn.get(), prompts, Greedy(4));
+    EXPECT_EQ(got[0].last.store_cached_tokens, 32);
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // Rows [0, n) of every layer of slot `seq`, K then V.
 std::vector<fp16_t> Rows(KvCache& kv, int seq, int64_t from, int64_t to) {
   std::vector<fp16_t> out;

@@ -392,7 +392,8 @@ Expected<ChunkBlob> EncodeChunk(const ChunkMeta& meta, KvCache& kv, int seq, con
   return Encode(meta, src, enc);
 }
 
-Expected<ChunkBlob> TranscodeChunk(const ChunkBlob& blob, const ChunkMeta& expect, const ChunkEncoding& enc) {
+Expected<ChunkBlob> TranscodeChunk(const ChunkBlob& blob, const ChunkMeta& expect, const ChunkEncoding& enc,
+                                   uint64_t max_decoded_bytes) {
   STRATA_ASSIGN_OR_RETURN(ChunkReader reader, ChunkReader::Open(blob, expect));
   const ChunkEncoding have = reader.encoding();
   // zstd_level is not stored; the same codec and dtype means the same bytes
@@ -400,6 +401,14 @@ Expected<ChunkBlob> TranscodeChunk(const ChunkBlob& blob, const ChunkMeta& expec
   if (have.codec == enc.codec && have.dtype == enc.dtype) return blob;
   const int64_t T = reader.token_count();
   const int64_t kv_dim = static_cast<int64_t>(expect.n_kv_heads) * expect.head_dim;
+  // Open bounded every factor (tokens <= 2^24, KV heads x head dim <= 2^26),
+  // so per_layer <= 2^52 and comparing by division cannot overflow.
+  const uint64_t per_layer = 2 * static_cast<uint64_t>(T) * static_cast<uint64_t>(kv_dim) * sizeof(fp16_t);
+  if (per_layer == 0 || static_cast<uint64_t>(expect.n_layers) > max_decoded_bytes / per_layer) {
+    return Status::ResourceExhausted("chunk " + expect.key.Hex() + " decodes to " + std::to_string(expect.n_layers) +
+                                     " layers x " + std::to_string(per_layer) + " bytes, more than the " +
+                                     std::to_string(max_decoded_bytes) + " bytes a re-encode may use");
+  }
   // The whole chunk in f16, [layer][K|V][token][kv_dim].
   std::vector<fp16_t> rows(static_cast<size_t>(expect.n_layers) * 2 * T * kv_dim);
   auto row = [&](int layer, int which, int64_t t) {

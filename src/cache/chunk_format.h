@@ -73,7 +73,13 @@ struct ChunkMeta {
 Expected<ChunkBlob> EncodeChunk(const ChunkMeta& meta, KvCache& kv, int seq, const ChunkEncoding& enc);
 
 // Re-encodes a verified chunk with another encoding (demotion to a colder tier).
-Expected<ChunkBlob> TranscodeChunk(const ChunkBlob& blob, const ChunkMeta& expect, const ChunkEncoding& enc);
+// The chunk is decoded whole, so a chunk whose layout asks for more than
+// `max_decoded_bytes` of f16 rows is refused (kResourceExhausted) before any
+// allocation: demotion takes the layout from the chunk itself, and a small
+// crafted file in a shared cache directory could otherwise claim terabytes.
+inline constexpr uint64_t kMaxTranscodeBytes = uint64_t{2} << 30;
+Expected<ChunkBlob> TranscodeChunk(const ChunkBlob& blob, const ChunkMeta& expect, const ChunkEncoding& enc,
+                                   uint64_t max_decoded_bytes = kMaxTranscodeBytes);
 
 // The chunk's own description of itself (header and tokens), after checking
 // magic, version, sizes and the header checksum. It proves nothing about
@@ -115,7 +121,7 @@ class ChunkReader {
   Status DecodeLayer(int layer, const KvLayerView& dst, int64_t skip = 0);
 
  private:
-  friend Expected<ChunkBlob> TranscodeChunk(const ChunkBlob&, const ChunkMeta&, const ChunkEncoding&);
+  friend Expected<ChunkBlob> TranscodeChunk(const ChunkBlob&, const ChunkMeta&, const ChunkEncoding&, uint64_t);
   // DecodeLayer's body, writing row t (0-based in the chunk) of K (which 0)
   // or V (which 1) to row(which, t); TranscodeChunk decodes into a buffer.
   Status DecodeLayerRows(int layer, const std::function<fp16_t*(int which, int64_t t)>& row, int64_t skip);

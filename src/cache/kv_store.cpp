@@ -395,6 +395,8 @@ int KvStore::n_tiers() const { return static_cast<int>(impl_->tiers.size()); }
 
 std::string_view KvStore::tier_name(int i) const { return impl_->tiers.at(static_cast<size_t>(i)).tier->name(); }
 
+const ChunkEncoding& KvStore::tier_encoding(int i) const { return impl_->tiers.at(static_cast<size_t>(i)).encoding; }
+
 int KvStore::tier_index(std::string_view name) const { return impl_->IndexOf(name); }
 
 KvStoreStats KvStore::stats() const {

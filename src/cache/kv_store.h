@@ -121,6 +121,7 @@ class KvStore {
 
   int n_tiers() const;
   std::string_view tier_name(int i) const;
+  const ChunkEncoding& tier_encoding(int i) const;
   int tier_index(std::string_view name) const;  // -1 if none
   KvStoreStats stats() const;
   // Per tier: Ok or why not.

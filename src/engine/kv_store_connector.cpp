@@ -50,7 +50,11 @@ class KvStoreConnector::LayerHooks final : public ForwardHooks {
 
 KvStoreConnector::KvStoreConnector(const Model& model, KvStore& store, const KvStoreConnectorOptions& options)
     : model_(model), store_(store), options_(options), n_layers_(model.config().n_layers),
-      kv_dim_(model.config().kv_dim()) {}
+      kv_dim_(model.config().kv_dim()) {
+  bool lossy = options.encoding.dtype == ChunkDType::kInt8;
+  for (int i = 0; i < store.n_tiers(); ++i) lossy = lossy || store.tier_encoding(i).dtype == ChunkDType::kInt8;
+  kv_format_ = lossy ? kLossyKvFormat : kKvFormat;
+}
 
 Expected<std::unique_ptr<KvStoreConnector>> KvStoreConnector::Create(const Model& model, KvStore& store,
                                                                      const KvStoreConnectorOptions& options) {
@@ -86,7 +90,7 @@ KvStoreConnector::~KvStoreConnector() {
 ChunkKeyContext KvStoreConnector::KeyContext(const std::string& cache_salt) const {
   ChunkKeyContext ctx;
   ctx.model_fingerprint = model_.fingerprint();
-  ctx.kv_format = kKvFormat;
+  ctx.kv_format = kv_format_;
   ctx.cache_salt = cache_salt;
   ctx.chunk_tokens = options_.chunk_tokens;
   return ctx;
@@ -102,7 +106,7 @@ ChunkMeta KvStoreConnector::MetaFor(const ChunkKey& key, std::span<const TokenId
   ChunkMeta m;
   m.key = key;
   m.model_fingerprint = model_.fingerprint();
-  m.kv_format = kKvFormat;
+  m.kv_format = kv_format_;
   m.n_layers = c.n_layers;
   m.n_kv_heads = c.n_kv_heads;
   m.head_dim = c.head_dim;

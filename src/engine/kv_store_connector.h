@@ -225,7 +225,14 @@ class KvStoreConnector {
   KvStoreConnectorCounters counters() const;
   KvStore& store() { return store_; }
   int chunk_tokens() const { return options_.chunk_tokens; }
+  // The KV format chunk keys and headers name: kKvFormat, or kLossyKvFormat
+  // when this store keeps (or this connector writes) chunks in a lossy
+  // encoding. Lossy chunks change the KV, so they live under other keys: a
+  // process configured for exact KV never loads another process's int8 chunks
+  // from a shared directory or Redis, and lossy processes still share theirs.
+  const std::string& kv_format() const { return kv_format_; }
   static constexpr const char* kKvFormat = "f16";
+  static constexpr const char* kLossyKvFormat = "f16+lossy";
 
  private:
   class LayerHooks;
@@ -240,6 +247,7 @@ class KvStoreConnector {
   KvStoreConnectorOptions options_;
   int n_layers_ = 0;
   int64_t kv_dim_ = 0;
+  std::string kv_format_;
 
   // Fetch queue and threads.
   mutable std::mutex mu_;
