@@ -4,6 +4,7 @@
 
 #include <array>
 #include <chrono>
+#include <future>
 #include <random>
 #include <thread>
 #include <vector>
@@ -263,6 +264,49 @@ TEST_F(RedisTierTest, ConcurrentGetsUseThePool) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(bad.load(), 0);
   EXPECT_EQ(t->stats().hits, 80u);
+}
+
+// An admission's lookup must not queue behind the I/O pool. CLIENT PAUSE WRITE
+// holds every pooled connection inside a SET while a read (EXISTS) is still
+// served, so a lookup that needed a pooled connection would wait for the pause
+// to end (or, with the default timeouts, give up and report a miss).
+TEST_F(RedisTierTest, LookupsDoNotWaitForABusyPool) {
+  RedisTierOptions o;
+  o.port = server_->port();
+  o.key_prefix = "strata:busy:";
+  o.command_timeout_ms = 10000;  // the paused SETs must wait, not time out
+  o.connections = 2;
+  auto t = RedisTier::Open(o);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  std::vector<ChunkKey> stored;
+  for (uint64_t i = 0; i < 4; ++i) {
+    stored.push_back(Key(i));
+    ASSERT_TRUE((*t)->Put(Key(i), ChunkBlob::Copy(Bytes(1000, static_cast<uint32_t>(i)))).get().ok());
+  }
+  redisContext* c = redisConnect("127.0.0.1", server_->port());
+  ASSERT_TRUE(c && !c->err);
+  auto* r = static_cast<redisReply*>(redisCommand(c, "CLIENT PAUSE 4000 WRITE"));
+  ASSERT_TRUE(r && r->type == REDIS_REPLY_STATUS) << (r && r->str ? r->str : "no reply");
+  freeReplyObject(r);
+  std::vector<std::future<Status>> puts;  // more than the pool: every connection is inside a SET
+  for (uint64_t i = 10; i < 14; ++i) puts.push_back((*t)->Put(Key(i), ChunkBlob::Copy(Bytes(1000, 7))));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_EQ(puts[0].wait_for(std::chrono::seconds(0)), std::future_status::timeout) << "the pause did not hold the SETs";
+
+  const auto t0 = Clock::now();
+  EXPECT_EQ((*t)->CountPrefix(stored), 4u);
+  EXPECT_TRUE((*t)->Contains(Key(2)));
+  EXPECT_FALSE((*t)->Contains(Key(12)));
+  EXPECT_LT(Seconds(t0), 2.0) << "a lookup waited for a pooled connection";
+  // Still paused, so the lookups did not get a connection freed by a finished SET.
+  for (auto& p : puts) EXPECT_EQ(p.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
+
+  r = static_cast<redisReply*>(redisCommand(c, "CLIENT UNPAUSE"));
+  ASSERT_TRUE(r);
+  freeReplyObject(r);
+  redisFree(c);
+  for (auto& p : puts) EXPECT_TRUE(p.get().ok());
+  EXPECT_EQ((*t)->CountPrefix(std::vector<ChunkKey>{Key(10), Key(11), Key(12), Key(13)}), 4u);
 }
 
 }  // namespace

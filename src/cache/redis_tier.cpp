@@ -84,6 +84,9 @@ Expected<std::unique_ptr<RedisTier>> RedisTier::Open(const RedisTierOptions& opt
     t->conns_.push_back(std::make_unique<Conn>());
     t->free_.push_back(t->conns_.back().get());
   }
+  t->conns_.push_back(std::make_unique<Conn>());
+  t->conns_.back()->for_lookups = true;
+  t->lookup_free_ = t->conns_.back().get();
   t->io_ = std::make_unique<IoExecutor>(options.connections);
   return t;
 }
@@ -127,7 +130,7 @@ void RedisTier::NoteSuccess() {
   breaker_until_ = Clock::time_point{};
 }
 
-Expected<RedisTier::Conn*> RedisTier::Acquire() {
+Expected<RedisTier::Conn*> RedisTier::Acquire(Use use) {
   {
     std::lock_guard<std::mutex> l(breaker_mu_);
     const auto now = Clock::now();
@@ -140,12 +143,18 @@ Expected<RedisTier::Conn*> RedisTier::Acquire() {
   Conn* c = nullptr;
   {
     std::unique_lock<std::mutex> l(pool_mu_);
+    const bool lookup = use == Use::kLookup;
     if (!pool_cv_.wait_for(l, std::chrono::milliseconds(options_.command_timeout_ms),
-                           [this] { return !free_.empty(); }))
+                           [&] { return !free_.empty() || (lookup && lookup_free_); }))
       return Status::Unavailable("redis: every connection stayed busy for " +
                                  std::to_string(options_.command_timeout_ms) + " ms");
-    c = free_.back();
-    free_.pop_back();
+    if (lookup && lookup_free_) {
+      c = lookup_free_;
+      lookup_free_ = nullptr;
+    } else {
+      c = free_.back();
+      free_.pop_back();
+    }
   }
   if (c->ctx && c->generation != generation_.load()) {
     redisFree(c->ctx);
@@ -164,9 +173,15 @@ Expected<RedisTier::Conn*> RedisTier::Acquire() {
 void RedisTier::Release(Conn* c) {
   {
     std::lock_guard<std::mutex> l(pool_mu_);
-    free_.push_back(c);
+    if (c->for_lookups) {
+      lookup_free_ = c;
+    } else {
+      free_.push_back(c);
+    }
   }
-  pool_cv_.notify_one();
+  // Lookups and pool users wait on one condition: wake them all, or the one
+  // woken could be a waiter that cannot take this connection.
+  pool_cv_.notify_all();
 }
 
 Expected<RedisTier::Reply> RedisTier::Command(Conn* c, const std::vector<std::string_view>& argv) {
@@ -190,7 +205,7 @@ Expected<RedisTier::Reply> RedisTier::Command(Conn* c, const std::vector<std::st
 
 size_t RedisTier::CountPrefix(std::span<const ChunkKey> keys) {
   if (keys.empty()) return 0;
-  auto c = Acquire();
+  auto c = Acquire(Use::kLookup);
   if (!c.ok()) {
     std::lock_guard<std::mutex> l(mu_);
     ++stats_.get_failures;

@@ -8,6 +8,12 @@
 // - A small pool of blocking hiredis connections; Get/Put run on as many
 //   I/O threads, so concurrent Gets do not serialize. Every connect and
 //   command has a timeout (redisConnectWithTimeout + redisSetTimeout).
+// - One more connection is reserved for lookups (CountPrefix, Contains),
+//   which the engine thread makes while admitting a request: with only the
+//   pool, write-through of large chunks or the GETRANGEs of a layer-wise load
+//   could hold every connection, and the lookup would wait up to the command
+//   timeout and then report a miss (a needless recompute). A lookup takes the
+//   reserved connection, or any free pooled one if another lookup has it.
 // - Circuit breaker: after a failed connect or command the tier answers
 //   kUnavailable at once, without touching the network, until a backoff
 //   (doubling from 50 ms to max_backoff_ms) has passed; then one call probes
@@ -55,7 +61,7 @@ struct RedisTierOptions {
   std::string key_prefix = "strata:kv:";
   int connect_timeout_ms = 200;
   int command_timeout_ms = 1000;       // per command (per socket read/write)
-  int connections = 4;                 // pool size = I/O threads
+  int connections = 4;                 // pool size = I/O threads (+1 reserved for lookups)
   int ttl_seconds = 0;                 // 0: no expiry
   int max_backoff_ms = 1000;           // circuit breaker's longest wait
 };
@@ -91,6 +97,7 @@ class RedisTier final : public Tier {
   struct Conn {
     redisContext* ctx = nullptr;
     uint64_t generation = 0;  // generation_ when connected
+    bool for_lookups = false;  // the reserved one: never taken by Get/Put
   };
   class Lease;
   struct ReplyDeleter {
@@ -100,8 +107,10 @@ class RedisTier final : public Tier {
 
   explicit RedisTier(const RedisTierOptions& options);
   // A connected connection, or kUnavailable (breaker open, connect failed,
-  // every connection busy for longer than the command timeout).
-  Expected<Conn*> Acquire();
+  // every connection busy for longer than the command timeout). A lookup
+  // may also take the reserved connection.
+  enum class Use { kPool, kLookup };
+  Expected<Conn*> Acquire(Use use = Use::kPool);
   void Release(Conn* c);
   Status Connect(Conn* c);
   // One command; a transport failure trips the breaker and drops the
@@ -115,7 +124,8 @@ class RedisTier final : public Tier {
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;
   std::vector<std::unique_ptr<Conn>> conns_;
-  std::vector<Conn*> free_;
+  std::vector<Conn*> free_;              // free pooled connections
+  Conn* lookup_free_ = nullptr;          // the reserved one, when free
 
   std::mutex breaker_mu_;
   Clock::time_point breaker_until_{};
