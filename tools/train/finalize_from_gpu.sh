@@ -12,7 +12,7 @@ DEST=${2:-$HERE/work/gpu-final}
 mkdir -p "$DEST"; DEST="$(cd "$DEST" && pwd)"
 PY=${PY:-/usr/bin/python3}
 cd "$HERE"
-TOK=${TOK:-$HERE/strata-tokenizer-4k.model}  # versions 1 and 1.1: the 4096-piece tokenizer
+TOK=${TOK:-$HERE/strata-tokenizer-8k.model}  # version 2's 8192 pieces (versions 1 and 1.1: strata-tokenizer-4k.model)
 $PY unpack_weights.py "$DIR" "$DEST/ckpt.pt"
 for f in eval.json eval.txt samples.txt log.jsonl; do [ -f "$DIR/$f" ] && cp "$DIR/$f" "$DEST/"; done
 $PY export_gguf.py "$DEST/ckpt.pt" "$DEST/strata-default.gguf" --tok "$TOK" --verify 2>&1 | tee "$DEST/export_f16.log"

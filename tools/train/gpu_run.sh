@@ -8,8 +8,9 @@
 # Env overrides (for CPU tests): EVAL_LIMIT, EVAL_SPLITS, EVAL_PPL_MAX, SHAPE="--n-layers 2 --dim 64 ..." (tiny test shape), TRAIN_ARGS (extra train.py flags),
 #   DEVICE (auto|cpu|cuda), WORKERS, TPS (tokens/step), MBT (micro-batch tokens), LR, COMPILE=1,
 #   TASK_STYLE (spliced: version 1's recipe, the default; marker: see tasks.py).
-#   TOKDIR (token streams + strata.model, relative to tools/train; default work/tok),
-#   EVAL_DIR (held-out task sets; default models/eval, whose token ids are the 4K tokenizer's).
+#   TOKDIR (token streams + strata.model, relative to tools/train; default work/tok8k, the 8K
+#   tokenizer's streams that version 2 was trained on; version 1: TOKDIR=work/tok and SHAPE without
+#   --vocab 8192), EVAL_DIR (held-out task sets in the same tokenizer's ids; default models/eval, 8K).
 set -u
 OUT=${1:?usage: gpu_run.sh OUTDIR MINUTES}
 MIN=${2:?usage: gpu_run.sh OUTDIR MINUTES}
@@ -22,7 +23,7 @@ DEVICE=${DEVICE:-auto}
 NCPU=$(nproc)
 WORKERS=${WORKERS:-$(( NCPU > 3 ? NCPU - 2 : 1 ))}
 WORK=${WORK:-$HERE/work/gpu-run}
-SHAPE=${SHAPE:---n-layers 8 --dim 384 --n-heads 6 --n-kv-heads 2 --ffn-dim 1024 --context 2048}
+SHAPE=${SHAPE:---n-layers 8 --dim 384 --n-heads 6 --n-kv-heads 2 --ffn-dim 1024 --context 2048 --vocab 8192}
 TPS=${TPS:-262144}
 MBT=${MBT:-131072}
 LR=${LR:-2e-3}
@@ -31,9 +32,9 @@ COMPILE_FLAG=""
 [ "${COMPILE:-0}" = 1 ] && COMPILE_FLAG="--compile"
 rm -rf "$WORK"; mkdir -p "$WORK"
 cd "$HERE"
-TOKDIR=${TOKDIR:-work/tok}
+TOKDIR=${TOKDIR:-work/tok8k}
 mkdir -p $TOKDIR
-[ -f $TOKDIR/strata.model ] || cp "$ROOT/tools/train/strata-tokenizer-4k.model" $TOKDIR/strata.model
+[ -f $TOKDIR/strata.model ] || cp "$ROOT/tools/train/strata-tokenizer-8k.model" $TOKDIR/strata.model
 for f in train.bin val.bin test.bin; do [ -f $TOKDIR/$f ] || { echo "missing tools/train/$TOKDIR/$f (carry it)"; exit 1; }; done
 T0=$(date +%s)
 echo "gpu_run: out=$OUT minutes=$MIN device=$DEVICE workers=$WORKERS tps=$TPS mbt=$MBT lr=$LR curriculum=$CURR"

@@ -1,6 +1,7 @@
 #!/bin/bash
-# Version 1.1 -> 2: move the trained model to the 8192-piece tokenizer on this (CPU) machine, then
-# anneal it as version 1.1 was and export F16 and Q8_0 with --verify.
+# Version 1.1 -> the 8192-piece tokenizer by vocabulary transfer, on this (CPU) machine: rebuild the
+# vocabulary rows, fine-tune, anneal as version 1.1 was, export F16 and Q8_0 with --verify. The shipped
+# version 2 was NOT made this way but trained from scratch on a GPU (gpu_run.sh; models/README.md).
 #   bash tools/train/revocab.sh IN DEST        (IN: work/anneal/ckpt.pt, or any GGUF of the model)
 # Needs tools/train/work/tok8k/{strata.model,train.bin,val.bin}:
 #   python3 tokenizer.py --vocab 8192 --out work/tok8k      (4.5 min; strata-tokenizer-8k.model is its output)
@@ -9,7 +10,7 @@
 # after a stop (touch DEST/pN/STOP). INSTALL=1 also copies both GGUF files, the tokenizer and held-out
 # eval sets made with it into models/.
 #
-# NOT YET A RECIPE FOR A MODEL WORTH SHIPPING: its best run (tools/train/README.md, "Version 2")
+# NOT A RECIPE FOR A MODEL WORTH SHIPPING: its best run (tools/train/README.md, "Version 2")
 # ends 9.2% above version 1.1's loss per character, with kv_recall 75% at ~1900 tokens (1.1: 100%)
 # and repeat ~0% exact (1.1: 12-31%); about 2 hours of CPU cannot re-teach what 409M GPU tokens did.
 #
@@ -62,7 +63,7 @@ fi
 [ -f "$DEST/p2.gguf" ] || $PY export_gguf.py "$DEST/p2/ckpt.pt" "$DEST/p2.gguf" --type f32 --tok $TOK/strata.model
 # phase 3: version 1.1's anneal (plain text + unlikelihood on the task phrases, attention and
 # embeddings frozen, LR 1e-4), which also exports F16 and Q8_0 with --verify
-TOKDIR=work/tok8k TOK=$HERE/strata-tokenizer-8k.model bash anneal.sh "$DEST/p2.gguf" "$DEST/p3" ${P3_TOKENS:-0.4e6}
+TOKDIR=work/tok8k TOK=$HERE/strata-tokenizer-8k.model CURR=${P3_CURR:-512:1} TPS=4096 bash anneal.sh "$DEST/p2.gguf" "$DEST/p3" ${P3_TOKENS:-0.4e6}
 [ -f "$DEST/p3/strata-default.gguf" ] || exit 0  # the anneal stopped early: rerun to continue
 cp "$DEST/p3/strata-default.gguf" "$DEST/p3/strata-default-q8_0.gguf" "$DEST/"
 if [ "${INSTALL:-0}" = 1 ]; then
