@@ -5,7 +5,7 @@
 # Checks, on the repository's own Markdown as text: train.py with task rows, its resume, export to
 # F16 and Q8_0 with --verify (logits against the numpy reference), Strata loading the result,
 # revocab.py to the 8K tokenizer, and a fine-tune from that GGUF with --train-only and the
-# unlikelihood term, ending at the requested token count.
+# unlikelihood term, ending at the requested token count, and train.py refusing streams of another tokenizer.
 set -eu
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -82,10 +82,16 @@ $PY train.py --out "$T/ft" --init-gguf "$T/v8.gguf" --tok "$T/tok8" --vocab 8192
     --train-only "tok_embeddings|feed_forward|ffn_norm|^norm|^output" --ul-weight 1 --ul-rows 2 --ul-context 16 > "$T/ft.log"
 grep -q "initialized from" "$T/ft.log" && grep -q "parameters frozen" "$T/ft.log" && grep -q "ul_phrase_p" "$T/ft.log" \
     || { echo "FAIL: fine-tune"; cat "$T/ft.log"; exit 1; }
+# the 8K model on 4K streams must be refused, not trained on the wrong pieces
+if $PY train.py --out "$T/mismatch" --init-gguf "$T/v8.gguf" --tok "$T/tok" --task-frac 0 --curriculum 256:1 \
+    --tokens-per-step 1024 --total-tokens 1024 --threads 1 > "$T/mismatch.log" 2>&1; then
+    echo "FAIL: train.py trained an 8K model on 4K streams"; cat "$T/mismatch.log"; exit 1
+fi
+grep -q "has 4096 pieces but the model's vocabulary is 8192" "$T/mismatch.log" || { cat "$T/mismatch.log"; exit 1; }
 $PY export_gguf.py "$T/ft/ckpt.pt" "$T/ft.gguf" --tok strata-tokenizer-8k.model --verify > "$T/export-ft.log" 2>&1 \
     || { cat "$T/export-ft.log"; exit 1; }
 if [ -n "$STRATA" ]; then
     "$STRATA" generate -m "$T/ft.gguf" -p "The kernel" -n 8 --temp 0 > "$T/gen-ft.txt" 2>&1 \
         || { echo "FAIL: strata cannot run the 8K export"; cat "$T/gen-ft.txt"; exit 1; }
 fi
-echo "PASS: train (tasks, resume), export f16/q8_0 --verify, revocab 4K->8K, fine-tune (--train-only, --ul-weight)"
+echo "PASS: train (tasks, resume), export f16/q8_0 --verify, revocab 4K->8K, fine-tune (--train-only, --ul-weight), tokenizer/vocabulary mismatch refused"

@@ -288,6 +288,15 @@ def main():
         model = load_gguf(args.init_gguf)
         cfg = model.c
         print("initialized from", args.init_gguf, flush=True)
+    # Streams of another tokenizer would train without any error on the wrong pieces (a 4K stream's
+    # ids are all valid in an 8K model): refuse a --tok whose tokenizer is not the model's size.
+    import sentencepiece as spm
+    n_pieces = spm.SentencePieceProcessor(model_file=tok_path).get_piece_size()
+    if n_pieces != cfg.vocab_size:
+        feed.close()
+        sys.exit("%s has %d pieces but the model's vocabulary is %d: pass --tok with the model's token "
+                 "streams (work/tok8k for version 2, work/tok for versions 0-1.1) or a matching --vocab"
+                 % (tok_path, n_pieces, cfg.vocab_size))
     if args.no_sdpa:
         model.set_sdpa(False)
     if cuda:
